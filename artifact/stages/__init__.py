@@ -1,0 +1,174 @@
+"""Stage registry and runner.
+
+Each stage is a module `artifact.stages.<name>` exposing `STAGE`, an instance of a `Stage`
+subclass. The runner owns the manifest contract: skip a stage whose record is complete and
+whose inputs and profile sections are unchanged; clear and redo it on `--force` or when they
+changed; otherwise (an interrupted run) let the stage resume at its first unfinished unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifact.console import console
+from artifact.environment import git_commit, host_info, package_versions
+from artifact.errors import ArtifactError, StageFailed
+from artifact.manifest import RunDir, now_iso
+from artifact.profiles import Profile
+
+# The pipeline, in order. A name without a module yet is reported as not built.
+PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
+
+
+@dataclass
+class StageContext:
+    profile: Profile
+    run_dir: RunDir
+    force: bool = False
+    args: argparse.Namespace = field(default_factory=argparse.Namespace)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir.stage_dir(name)
+
+
+@dataclass
+class StageOutcome:
+    summary: str
+    details: dict = field(default_factory=dict)
+
+
+class Stage:
+    """Base class: set `name`, `description`, `upstream`, `profile_sections`; implement run()."""
+
+    name: str = ""
+    description: str = ""
+    # Stages whose outputs this stage reads; their files are this stage's hashed inputs.
+    upstream: tuple[str, ...] = ()
+    # Top-level profile sections whose change invalidates this stage's outputs.
+    profile_sections: tuple[str, ...] = ()
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        """Add stage-specific options (beyond --profile, --run-dir, --force)."""
+
+    def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
+        """Hashes of inputs outside the run directory (package data, caches), keyed by name."""
+        return {}
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        raise NotImplementedError
+
+
+def load_stage(name: str) -> Stage | None:
+    """The stage object, or None when its module does not exist yet."""
+    module_name = f"{__name__}.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    return module.STAGE
+
+
+def _inputs(stage: Stage, ctx: StageContext) -> dict[str, str]:
+    inputs = ctx.run_dir.outputs_of(stage.upstream)
+    inputs.update({f"external:{k}": v for k, v in stage.extra_inputs(ctx).items()})
+    return inputs
+
+
+def _check_upstream(stage: Stage, ctx: StageContext) -> None:
+    for up in stage.upstream:
+        record = ctx.run_dir.record(up)
+        if not record or record.get("status") != "complete":
+            raise ArtifactError(
+                f"stage '{stage.name}' needs stage '{up}' to be complete first; "
+                f"run `moe-artifact {up}` (or `nox -s {up}`)",
+                path=ctx.run_dir.manifest_path,
+            )
+
+
+def run_stage(stage: Stage, ctx: StageContext) -> str:
+    """Run (or skip) one stage; returns 'skipped' or 'complete'. Raises on failure."""
+    run_dir = ctx.run_dir
+    run_dir.set_profile(ctx.profile.name, str(ctx.profile.path) if ctx.profile.path else None)
+    _check_upstream(stage, ctx)
+    inputs = _inputs(stage, ctx)
+    profile_hash = ctx.profile.section_hash(*stage.profile_sections)
+    record = run_dir.record(stage.name) or {}
+    unchanged = record.get("inputs") == inputs and record.get("profile_hash") == profile_hash
+    if record.get("status") == "complete" and unchanged and not ctx.force:
+        console.print(
+            f"[green]{stage.name}[/]: up to date (completed {record.get('end')}, inputs and "
+            "profile unchanged); skipped. Use --force to redo it."
+        )
+        return "skipped"
+    out_dir = ctx.stage_dir(stage.name)
+    if ctx.force or (record and not unchanged):
+        # Outputs made from other inputs are stale: start the stage afresh.
+        shutil.rmtree(out_dir, ignore_errors=True)
+    elif record.get("status") in ("running", "failed"):
+        console.print(f"[yellow]{stage.name}[/]: resuming an unfinished run")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.update(
+        stage.name,
+        status="running",
+        start=now_iso(),
+        end=None,
+        error=None,
+        inputs=inputs,
+        profile_hash=profile_hash,
+        profile_sections=list(stage.profile_sections),
+        packages=package_versions(),
+        git=git_commit(),
+        host=host_info(),
+    )
+    t0 = time.perf_counter()
+    try:
+        outcome = stage.run(ctx)
+    except BaseException as exc:
+        message = (
+            str(exc)
+            if isinstance(exc, ArtifactError)
+            else (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            )
+        )
+        run_dir.update(
+            stage.name,
+            status="failed",
+            end=now_iso(),
+            error=message,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        raise
+    seconds = time.perf_counter() - t0
+    run_dir.update(
+        stage.name,
+        status="complete",
+        end=now_iso(),
+        seconds=round(seconds, 3),
+        summary=outcome.summary,
+        details=outcome.details,
+        outputs=run_dir.outputs_of((stage.name,)),
+    )
+    console.print(f"[green]{stage.name}[/]: {outcome.summary} ({seconds:.1f} s)")
+    return "complete"
+
+
+__all__ = [
+    "PIPELINE",
+    "Stage",
+    "StageContext",
+    "StageFailed",
+    "StageOutcome",
+    "load_stage",
+    "run_stage",
+]

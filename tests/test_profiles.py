@@ -1,0 +1,70 @@
+import pytest
+
+from artifact.errors import ArtifactError
+from artifact.profiles import available_profiles, default_profile_name, load_profile
+
+
+def test_shipped_profiles_load():
+    assert {"local", "perlmutter"} <= set(available_profiles())
+    local = load_profile("local")
+    assert local.engine.kind == "transformers" and local.engine.host == "127.0.0.1"
+    hpc = load_profile("perlmutter")
+    assert hpc.modes["all2all-eplb"].enable_eplb
+    assert hpc.modes["baseline"].tensor_parallel_size == 4
+
+
+def test_default_profile_follows_nersc_host(monkeypatch):
+    monkeypatch.delenv("NERSC_HOST", raising=False)
+    assert default_profile_name() == "local"
+    monkeypatch.setenv("NERSC_HOST", "perlmutter")
+    assert default_profile_name() == "perlmutter"
+
+
+def test_unknown_field_names_file_field_and_allowed(write_profile):
+    path = write_profile(
+        {"datasets": {"seed": 1, "count": 5, "prompts_per_dataset": 3, "cuont": 4}}
+    )
+    with pytest.raises(ArtifactError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "field 'datasets.cuont'" in message and "unknown field" in message
+    assert "allowed here: count, prompts_per_dataset, seed" in message
+
+
+def test_bad_value_and_bad_choice(write_profile, local_profile_raw):
+    path = write_profile({"datasets": {"count": "many"}})
+    with pytest.raises(ArtifactError, match=r"field 'datasets.count'.*valid integer.*'many'"):
+        load_profile(path)
+    engine = dict(local_profile_raw["engine"], kind="sglang")
+    path = write_profile({"engine": engine})
+    with pytest.raises(ArtifactError, match=r"field 'engine.kind'.*allowed: 'transformers'"):
+        load_profile(path)
+
+
+def test_experiment_mode_must_exist(write_profile, local_profile_raw):
+    experiments = dict(local_profile_raw["experiments"])
+    experiments["imbalance"] = dict(experiments["imbalance"], modes=["eager", "turbo"])
+    path = write_profile({"experiments": experiments})
+    with pytest.raises(ArtifactError, match="names 'turbo', not one of the profile's modes"):
+        load_profile(path)
+
+
+def test_name_must_match_file_and_missing_profile(write_profile, tmp_path):
+    path = write_profile({"name": "other"})
+    with pytest.raises(ArtifactError, match="name is 'other' but the file is local.yaml"):
+        load_profile(path)
+    with pytest.raises(ArtifactError, match="no such profile; available: .*local"):
+        load_profile("nonexistent")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ArtifactError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_profile(broken)
+
+
+def test_section_hash_tracks_only_named_sections(write_profile, local_profile_raw):
+    a = load_profile(write_profile())
+    changed = dict(local_profile_raw["engine"], startup_timeout_s=10)
+    b = load_profile(write_profile({"engine": changed}))
+    assert a.section_hash("datasets") == b.section_hash("datasets")
+    assert a.section_hash("engine") != b.section_hash("engine")
