@@ -95,7 +95,7 @@ class RoutingHeader:
                 world_size=int(data.get("world_size", 1)),
                 expert_map=tuple(data["expert_map"]) if data.get("expert_map") else None,
                 source=str(data.get("source", "")),
-                meta=data.get("meta") or {},
+                meta=data.get("meta") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
