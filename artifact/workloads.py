@@ -143,11 +143,11 @@ def candidate_pool(seed: int) -> list[Spec]:
         for k in (1, 2, 3):
             if length + k <= len(TEMPLATES):
                 specs.append(Spec("structure", {"length": length, "templates": k}))
-    for q in np.linspace(0.1, 1.0, 10):
-        for domain in (0, 7, 14, 21):
+    for q in np.linspace(0.1, 1.0, 19):
+        for domain in (0, 5, 10, 15, 20):
             specs.append(Spec("concentration", {"q": round(float(q), 2), "domain": domain}))
-    for alpha in (0.2, 0.5, 1.0, 3.0):
-        for rep in range(4):
+    for alpha in (0.1, 0.2, 0.5, 1.0, 3.0):
+        for rep in range(6):
             specs.append(Spec("mixture", {"alpha": alpha, "rep": rep}))
     children = ss.spawn(len(specs))
     return [
@@ -156,19 +156,30 @@ def candidate_pool(seed: int) -> list[Spec]:
     ]
 
 
-def select_even(scores: list[float], count: int) -> list[int]:
-    """Indices of `count` candidates nearest to evenly spaced targets over the score range."""
-    order = np.argsort(scores, kind="stable")
-    values = np.asarray(scores)[order]
+def select_even(scores: list[float], families: list[str], count: int) -> list[int]:
+    """Indices of `count` candidates spread evenly over the reachable score range.
+
+    For each of `count` evenly spaced target scores, take an unused candidate within half a
+    spacing of the target, preferring the family used least so far (so every family is
+    represented), else the nearest unused candidate.
+    """
+    values = np.asarray(scores, dtype=np.float64)
     if count >= len(values):
-        return [int(i) for i in order]
-    targets = np.linspace(values[0], values[-1], count)
-    chosen: list[int] = []
+        return sorted(range(len(values)), key=lambda i: (scores[i], i))
+    targets = np.linspace(values.min(), values.max(), count)
+    half_spacing = (targets[1] - targets[0]) / 2 if count > 1 else np.inf
     used = np.zeros(len(values), dtype=bool)
-    for t in targets:
-        distance = np.abs(values - t)
+    family_use: dict[str, int] = dict.fromkeys(families, 0)
+    chosen: list[int] = []
+    for target in targets:
+        distance = np.abs(values - target)
         distance[used] = np.inf
-        best = int(np.argmin(distance))
+        near = np.flatnonzero(distance <= half_spacing)
+        if near.size:
+            best = int(min(near, key=lambda i: (family_use[families[i]], distance[i], i)))
+        else:
+            best = int(np.argmin(distance))
         used[best] = True
-        chosen.append(int(order[best]))
+        family_use[families[best]] += 1
+        chosen.append(best)
     return sorted(chosen, key=lambda i: (scores[i], i))

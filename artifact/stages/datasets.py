@@ -63,7 +63,7 @@ class DatasetsStage(Stage):
             prompts = build(cand, spec.prompts_per_dataset)
             built.append(prompts)
             scored.append(predictor.predict([p["text"] for p in prompts]))
-        chosen = select_even([s.score for s in scored], spec.count)
+        chosen = select_even([s.score for s in scored], [c.family for c in pool], spec.count)
         entries = []
         for index, ci in enumerate(chosen, start=1):
             prediction = scored[ci]
