@@ -1,0 +1,59 @@
+"""Offline routing replay: run the model over texts without a server and record the routing.
+
+Each text is tokenized as the server does (the model's own tokenizer, with BOS) and run as
+one forward pass on its own, so every token is a prompt token. Used to check that the
+prompt-token routing a server captured equals the model's routing of the same prompts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from artifact.engines.routing_capture import RoutingRecorder
+from artifact.routing import PHASE_CODE, RoutingLog
+
+
+def load_model(model_dir: str | Path, experts_implementation: str, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
+    model.set_experts_implementation(experts_implementation)
+    return model.eval(), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def replay(
+    model,
+    tokenizer,
+    texts: list[str],
+    log_path: str | Path,
+    meta: dict | None = None,
+) -> dict:
+    """Write the routing of `texts` (one pass per text) to a moe-routing log; return stats."""
+    import torch
+
+    recorder = RoutingRecorder(
+        model, source="offline-replay", prefill_only=True, meta=meta
+    ).attach()
+    recorder.start(log_path)
+    try:
+        with torch.inference_mode():
+            for text in texts:
+                ids = tokenizer(text, return_tensors="pt")["input_ids"]
+                model(input_ids=ids, use_cache=False)
+        return recorder.stats()
+    finally:
+        recorder.detach()
+
+
+def per_layer_counts(path: str | Path, phase: str | None = None) -> np.ndarray:
+    """Expert counts summed over all steps, per layer: int64[num_layers, num_experts]."""
+    log = RoutingLog(path)
+    totals = np.zeros((log.header.num_layers, log.header.num_experts), dtype=np.int64)
+    for chunk in log.chunks():
+        if phase is not None:
+            chunk = chunk[chunk["phase"] == PHASE_CODE[phase]]
+        np.add.at(totals, chunk["layer"], chunk["counts"])
+    return totals

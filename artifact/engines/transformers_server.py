@@ -1,0 +1,183 @@
+"""The embedded engine's server process: `transformers serve` plus routing capture.
+
+    python -m artifact.engines.transformers_server --model DIR --port P \
+        --experts-implementation grouped_mm --max-num-seqs 8 --max-num-batched-tokens 1024
+
+Runs transformers' own `Serve` (FastAPI, OpenAI-compatible, continuous batching) in this
+process so the MoE routers can be hooked, and adds two routes:
+
+- GET  /artifact/provenance: what is really running, read from the live objects (versions,
+  experts implementation in the model config, grouped-GEMM path, attention implementation,
+  device, dtype, continuous-batching limits as configured and as the live scheduler holds
+  them, the hooked routers);
+- POST /artifact/routing {"path": FILE | null, "meta": {...}}: write the routing of the
+  following forward passes to FILE (a new moe-routing log), or stop and return the stats.
+
+Continuous-batching settings forced here, and why: prefix sharing off (a shared prefix would
+skip prompt tokens, so the routing of repeated prompts would be incomplete); async batching
+off (batch N+1 is prepared while N runs, which would misalign the pass layout).
+SIGTERM or SIGINT stop the server gracefully and close the routing log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from importlib import metadata
+
+# The study's knobs -> transformers' continuous-batching config (documented in README).
+KNOB_MAP = {
+    "max_num_seqs": "max_requests_per_batch",
+    "max_num_batched_tokens": "max_batch_tokens",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="artifact.engines.transformers_server")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--experts-implementation", required=True)
+    p.add_argument("--max-num-seqs", type=int, required=True)
+    p.add_argument("--max-num-batched-tokens", type=int, required=True)
+    p.add_argument("--num-blocks", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def grouped_mm_path(model) -> str:
+    """Which grouped GEMM transformers' `grouped_mm` experts would call on this model."""
+    import torch
+    from transformers.integrations import moe
+
+    weight = next(p for n, p in model.named_parameters() if "experts" in n)
+    probe = torch.zeros(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+    offs = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+    if not moe._can_use_grouped_mm(probe, weight, offs):
+        return "transformers fallback (per-group loop)"
+    return (
+        "torch.nn.functional.grouped_mm"
+        if hasattr(torch.nn.functional, "grouped_mm")
+        else "torch._grouped_mm"
+    )
+
+
+def live_provenance(serve, model, recorder, args) -> dict:
+    import torch
+
+    config = model.config.get_text_config()
+    cb_config = serve._generation_state._cb_config
+    live = {}
+    manager = getattr(serve._generation_state, "_cb_manager", None)
+    cb = getattr(manager, "_cb", None) if manager is not None else None
+    processor = getattr(cb, "batch_processor", None) if cb is not None else None
+    if processor is not None:
+        live = {
+            "max_batch_tokens": int(processor.max_batch_tokens),
+            "max_requests_per_batch": int(processor.scheduler.max_requests_per_batch),
+            "num_blocks": int(processor.cache.num_blocks),
+        }
+    return {
+        "engine": "transformers",
+        "versions": {
+            "transformers": metadata.version("transformers"),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
+        "model": str(args.model),
+        "architecture": type(model).__name__,
+        "num_layers": int(config.num_hidden_layers),
+        "num_experts": int(config.num_local_experts),
+        "top_k": int(config.num_experts_per_tok),
+        "experts_implementation": model.config._experts_implementation,
+        "grouped_mm_path": grouped_mm_path(model),
+        "attn_implementation": model.config._attn_implementation,
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "continuous_batching": {
+            "configured": {
+                "max_batch_tokens": cb_config.max_batch_tokens,
+                "max_requests_per_batch": cb_config.max_requests_per_batch,
+                "allow_block_sharing": cb_config.allow_block_sharing,
+                "use_async_batching": cb_config.use_async_batching,
+                "num_blocks": cb_config.num_blocks,
+            },
+            # Filled in once the first request has created the batching manager.
+            "live": live,
+        },
+        "routers_hooked": len(recorder.routers),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    from fastapi import Body
+    from transformers.cli.serve import Serve
+
+    from artifact.engines.routing_capture import RoutingRecorder, install_batch_layout_probe
+
+    torch.manual_seed(args.seed)
+    install_batch_layout_probe()
+    serve = Serve(
+        force_model=args.model,
+        continuous_batching=True,
+        device=args.device,
+        dtype=args.dtype,
+        cb_max_batch_tokens=args.max_num_batched_tokens,
+        cb_num_blocks=args.num_blocks,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        default_seed=args.seed,
+        non_blocking=True,
+    )
+    # The HTTP server is up, but nothing is sent to it before /artifact/provenance answers,
+    # which is registered only after the settings below are in place.
+    cb_config = serve._generation_state._cb_config
+    cb_config.max_requests_per_batch = args.max_num_seqs
+    cb_config.allow_block_sharing = False
+    cb_config.use_async_batching = False
+    (timed_model,) = serve._model_manager.loaded_models.values()
+    model = timed_model.model
+    model.set_experts_implementation(args.experts_implementation)
+    recorder = RoutingRecorder(
+        model,
+        source="transformers-hooks",
+        meta={"experts_implementation": args.experts_implementation},
+    )
+    recorder.attach()
+
+    app = serve.server.config.app
+
+    def provenance() -> dict:
+        return live_provenance(serve, model, recorder, args)
+
+    def routing(body: dict = Body(...)) -> dict:  # noqa: B008 - FastAPI's idiom
+        path = body.get("path")
+        if path is None:
+            return recorder.stop()
+        recorder.start(path, meta=body.get("meta") or {})
+        return {"recording": path}
+
+    app.add_api_route("/artifact/routing", routing, methods=["POST"])
+    app.add_api_route("/artifact/provenance", provenance, methods=["GET"])
+    print("artifact: routing capture and provenance routes ready", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("artifact: stopping", flush=True)
+    recorder.detach()
+    serve.kill_server()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

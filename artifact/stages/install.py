@@ -1,0 +1,90 @@
+"""Stage `install`: prepare what the engine serves.
+
+`local` (seeded model): build the Mixtral-architecture model from its seed, with the Mixtral
+tokenizer, into the cache (`$MOE_ARTIFACT_CACHE`, default ~/.cache/moe-artifact/models/),
+keyed by the hash of the model section, so run directories share it; rebuilt when missing or
+when its files no longer match the recorded fingerprint. Writes `install/model.json`:
+where the model is, its spec and the sha256 of each file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from artifact.errors import ArtifactError
+from artifact.io import atomic_write_json, read_json
+from artifact.stages import Stage, StageContext, StageOutcome
+
+CACHE_ENV = "MOE_ARTIFACT_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "moe-artifact"))
+
+
+def model_record_path(ctx: StageContext) -> Path:
+    return ctx.stage_dir("install") / "model.json"
+
+
+def installed_model_dir(ctx: StageContext) -> Path:
+    """The model folder the install stage recorded (for later stages)."""
+    record = read_json(model_record_path(ctx))
+    path = Path(record["model_dir"])
+    if not path.is_dir():
+        raise ArtifactError(
+            f"the installed model folder {path} is gone; run `moe-artifact install --force`",
+            path=model_record_path(ctx),
+        )
+    return path
+
+
+class InstallStage(Stage):
+    name = "install"
+    description = "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)"
+    profile_sections = ("model", "engine")
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        spec = ctx.profile.model
+        if spec.source != "seeded":
+            raise ArtifactError(
+                "installing hub models and container images is done by the perlmutter "
+                "install path, which this build does not include yet",
+                path=ctx.profile.path,
+                where="field 'model.source'",
+            )
+        from artifact.engines.seeded_model import build_model, fingerprint
+
+        key = hashlib.sha256(
+            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        target = cache_root() / "models" / f"{spec.name}-{key}"
+        stamp = target / ".fingerprint.json"
+        reused = False
+        if target.is_dir() and stamp.is_file():
+            reused = json.loads(stamp.read_text()) == fingerprint(target)
+        if not reused:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            files = build_model(spec, target)
+            atomic_write_json(stamp, files)
+        files = fingerprint(target)
+        record = {
+            "model_dir": str(target),
+            "name": spec.name,
+            "source": spec.source,
+            "seed": spec.seed,
+            "dtype": spec.dtype,
+            "architecture": spec.architecture,
+            "files": files,
+        }
+        atomic_write_json(model_record_path(ctx), record)
+        size_mb = sum((target / f).stat().st_size for f in files) / 2**20
+        how = "reused from cache" if reused else "built"
+        return StageOutcome(
+            summary=f"model {spec.name} (seed {spec.seed}, {size_mb:.0f} MB) {how} at {target}"
+        )
+
+
+STAGE = InstallStage()

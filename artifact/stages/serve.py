@@ -1,0 +1,97 @@
+"""Stage `serve`: start each mode's server once, check it, record what really runs.
+
+For every mode used by an experiment: start the server at the imbalance experiment's limits,
+wait for health, send one short completion (so the batching manager exists), read the
+provenance back from the live engine, compare it with the profile and stop the server.
+Writes `serve/<mode>/provenance.json` and `serve/<mode>/server.log`. A contradiction between
+the profile and the provenance fails the stage and names each one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from artifact.console import console
+from artifact.engines import ServerLimits, get_engine
+from artifact.errors import StageFailed
+from artifact.io import atomic_write_json
+from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.stages.install import installed_model_dir
+
+
+def experiment_modes(profile) -> list[str]:
+    """Modes used by any enabled experiment, in profile order."""
+    used = set()
+    for exp in (
+        profile.experiments.config_sweep,
+        profile.experiments.imbalance,
+        profile.experiments.eplb_ablation,
+    ):
+        if exp is not None and exp.enabled:
+            used.update(exp.modes)
+    return [m for m in profile.modes if m in used]
+
+
+def reference_limits(profile) -> ServerLimits:
+    """The limits a mode is checked at: the imbalance experiment's, else the sweep's fixed point."""
+    imbalance = profile.experiments.imbalance
+    if imbalance is not None:
+        return ServerLimits(imbalance.max_num_seqs, imbalance.max_num_batched_tokens)
+    sweep = profile.experiments.config_sweep
+    return ServerLimits(sweep.fixed_max_num_seqs, sweep.fixed_max_num_batched_tokens)
+
+
+def smoke_completion(base_url: str, model: str) -> dict:
+    body = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 2}).encode()
+    req = urllib.request.Request(
+        base_url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def check_provenance(engine, mode: str, limits: ServerLimits, provenance: dict) -> None:
+    problems = engine.check_provenance(mode, limits, provenance)
+    if problems:
+        raise StageFailed(
+            f"mode '{mode}': provenance contradicts the profile: " + "; ".join(problems)
+        )
+
+
+class ServeStage(Stage):
+    name = "serve"
+    description = "start each mode's server once, check health and record its provenance"
+    upstream = ("install",)
+    profile_sections = ("model", "engine", "modes", "experiments")
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        engine = get_engine(ctx.profile, installed_model_dir(ctx))
+        limits = reference_limits(ctx.profile)
+        for mode in experiment_modes(ctx.profile):
+            out = ctx.stage_dir(self.name) / mode
+            if (out / "provenance.json").exists():
+                continue  # finished unit of an interrupted run
+            t0 = time.perf_counter()
+            with engine.start(mode, limits, out / "server.log") as server:
+                startup_s = time.perf_counter() - t0
+                reply = smoke_completion(server.base_url, server.model_id)
+                provenance = server.provenance()
+            check_provenance(engine, mode, limits, provenance)
+            provenance["startup_seconds"] = round(startup_s, 3)
+            provenance["smoke_usage"] = reply.get("usage")
+            provenance["limits"] = {
+                "max_num_seqs": limits.max_num_seqs,
+                "max_num_batched_tokens": limits.max_num_batched_tokens,
+            }
+            atomic_write_json(out / "provenance.json", provenance)
+            console.print(
+                f"  {mode}: healthy in {startup_s:.1f} s, runs "
+                f"{provenance.get('experts_implementation')}"
+            )
+        modes = experiment_modes(ctx.profile)
+        return StageOutcome(summary=f"{len(modes)} modes served and checked: {', '.join(modes)}")
+
+
+STAGE = ServeStage()
