@@ -130,6 +130,19 @@ def build(spec: Spec, n: int) -> list[dict]:
     ]
 
 
+def sweep_prompts(n: int, seed: int) -> list[dict]:
+    """Fixed prompts for the config sweep: mixed domains, each wrapped in a template of
+    rising length (so prompt lengths vary from a few to about a hundred tokens)."""
+    corpus = load_corpus()
+    domains = sorted(corpus)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    pairs = _draw(rng, corpus, domains, np.ones(len(domains)), n)
+    return [
+        {"id": f"sweep_{i}", "text": TEMPLATES[i % len(TEMPLATES)].format(q=q), "category": d}
+        for i, (d, q) in enumerate(pairs)
+    ]
+
+
 def candidate_pool(seed: int) -> list[Spec]:
     """A dense, deterministic pool of candidates over every family."""
     ss = np.random.SeedSequence(seed)

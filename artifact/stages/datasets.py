@@ -1,8 +1,9 @@
 """Stage `datasets`: generate the imbalance workload suite and score it.
 
 Writes `datasets/NNN_<score>.jsonl` (`{"id","text","category"}` per line, NNN in ascending
-score order) and `datasets/metadata.json` (seed, strategy, score, components, raw metrics and
-content hash of each file). Deterministic: the same seed gives byte-identical files.
+score order), `datasets/metadata.json` (seed, strategy, score, components, raw metrics and
+content hash of each file) and `datasets/sweep_prompts.jsonl` (the config sweep's fixed
+prompts). Deterministic: the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from artifact.io import atomic_write_json, atomic_write_text, sha256_bytes, sha2
 from artifact.predictor import FEATURE_WEIGHTS, ImbalancePredictor
 from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.tokenizer import tokenizer_path
-from artifact.workloads import CORPUS_FILE, build, candidate_pool, select_even
+from artifact.workloads import CORPUS_FILE, build, candidate_pool, select_even, sweep_prompts
 
 GENERATOR_VERSION = 1
+SWEEP_PROMPTS = "sweep_prompts.jsonl"
 
 
 def dataset_filename(index: int, score: float) -> str:
@@ -39,7 +41,8 @@ def to_jsonl(prompts: list[dict]) -> str:
 class DatasetsStage(Stage):
     name = "datasets"
     description = "generate the workload datasets and their predicted imbalance scores"
-    profile_sections = ("datasets",)
+    # experiments: the config sweep's prompt count sizes sweep_prompts.jsonl
+    profile_sections = ("datasets", "experiments")
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
         package = resources.files("artifact")
@@ -90,7 +93,7 @@ class DatasetsStage(Stage):
             )
         # Files of an earlier, different selection would confuse readers: remove them.
         keep = {e["file"] for e in entries}
-        for stale in out.glob("*.jsonl"):
+        for stale in out.glob("[0-9]*.jsonl"):
             if stale.name not in keep:
                 stale.unlink()
         scores = np.array([e["score"] for e in entries])
@@ -110,6 +113,11 @@ class DatasetsStage(Stage):
             "datasets": entries,
         }
         atomic_write_json(out / "metadata.json", metadata)
+        sweep = ctx.profile.experiments.config_sweep
+        if sweep is not None and sweep.enabled:
+            atomic_write_text(
+                out / SWEEP_PROMPTS, to_jsonl(sweep_prompts(sweep.prompts, spec.seed))
+            )
         return StageOutcome(
             summary=(
                 f"{len(entries)} datasets of {spec.prompts_per_dataset} prompts, scores "
