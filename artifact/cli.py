@@ -25,7 +25,21 @@ from artifact.stages import PIPELINE, StageContext, load_stage, run_stage
 # Standalone tools: command name -> module with configure_parser(parser) and run_tool(args).
 TOOLS = {
     "predict": "artifact.predictor",
+    "metrics": "artifact.metrics",
+    "imbalance-metrics": "artifact.imbalance",
+    "nsys-summary": "artifact.nsys",
+    "provenance": "artifact.vllm_provenance",
 }
+
+
+def _tool_module(module_name: str):
+    """The tool's module, or None while it does not exist in this build."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
 
 
 def _common_stage_options(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_stage_options(p)
     p.set_defaults(handler=_run_pipeline)
     for name, module_name in TOOLS.items():
-        module = importlib.import_module(module_name)
+        module = _tool_module(module_name)
+        if module is None:
+            continue
         p = sub.add_parser(name, help=module.TOOL_HELP, description=module.TOOL_HELP)
         module.configure_parser(p)
         p.set_defaults(handler=module.run_tool)
@@ -75,12 +91,30 @@ def _context(args: argparse.Namespace) -> StageContext:
     return StageContext(profile=profile, run_dir=run_dir, force=args.force, args=args)
 
 
+def _exit_code(ctx: StageContext, names: list[str]) -> int:
+    """The largest exit code the stages recorded (check: 1 when a claim FAILed)."""
+    code = 0
+    for name in names:
+        record = ctx.run_dir.record(name) or {}
+        code = max(code, int(record.get("exit_code") or 0))
+    return code
+
+
 def _run_one_stage(args: argparse.Namespace) -> int:
-    ctx = _context(args)
     stage = load_stage(args.stage_name)
     assert stage is not None
-    run_stage(stage, ctx)
-    return 0
+    # A stage may run others first or swap in a variant (plots/check --from-study); its
+    # plan may also set defaults for --profile and --run-dir before they are resolved.
+    stages = stage.plan(args) if hasattr(stage, "plan") else [stage]
+    ctx = _context(args)
+    status = ""
+    for step in stages:
+        status = run_stage(step, ctx)
+    code = _exit_code(ctx, [s.name for s in stages])
+    if code and status == "skipped":
+        record = ctx.run_dir.record(stages[-1].name) or {}
+        console.print(f"[red]{stages[-1].name}[/]: as recorded: {record.get('summary')}")
+    return code
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
@@ -100,6 +134,13 @@ def _run_pipeline(args: argparse.Namespace) -> int:
             setattr(stage_args, key, value)
         ctx.args = stage_args
         run_stage(stage, ctx)
+    code = _exit_code(ctx, list(PIPELINE))
+    if code:
+        console.print(
+            f"[bold red]reproduce[/]: every built stage ran in {ctx.run_dir.path}, "
+            f"but a stage reported failure (exit code {code}; check: a claim FAILed)"
+        )
+        return code
     console.print(f"[bold green]reproduce[/]: every built stage is complete in {ctx.run_dir.path}")
     return 0
 

@@ -84,7 +84,9 @@ def read_json(path: str | Path) -> Any:
     except json.JSONDecodeError as exc:
         # JSONDecodeError.pos is a character offset; report the byte offset readers can seek to.
         byte = len(exc.doc[: exc.pos].encode("utf-8"))
-        what = "truncated JSON" if exc.pos >= len(exc.doc.rstrip()) else "corrupt JSON"
+        # A file cut mid-write ends inside a value or a string: the error sits at its end.
+        cut = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+        what = "truncated JSON" if cut else "corrupt JSON"
         raise ArtifactError(
             f"{what} at byte {byte} (line {exc.lineno}, column {exc.colno}): {exc.msg}",
             path=path,

@@ -1,0 +1,131 @@
+"""Stage `imbalance`: routing logs -> imbalance measures, joined with performance, correlated.
+
+Reads every measured run of the bench stage (its vLLM-format result and its routing log) and
+writes tidy tables under `imbalance/`:
+
+- `runs.csv|json`: one row per measured run: experiment, mode, limits, dataset, predicted
+  score, repetition; the performance summary of the result file; the headline imbalance
+  measures (prefixed `imb_`, all phases, loads summed within each layer, averaged over
+  layers; see artifact.imbalance.aggregate for the exact rules);
+- `per_layer`, `summary`, `expert_loads`, `legacy`, `default_vs_legacy`, `skipped`: the
+  per-run tables of artifact.imbalance (each row carries its run name);
+- `correlations.csv|json`: for the imbalance experiment, per mode, predicted score vs each
+  observed measure and each performance metric vs each imbalance measure, Pearson and
+  Spearman with bootstrap 95% intervals (and again after the study's 1.5 x IQR filter).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artifact.imbalance import analyze_routing_log, correlation_table, write_run_tables
+from artifact.imbalance.tables import csv_text
+from artifact.io import atomic_write_json, atomic_write_text, read_json
+from artifact.stages import Stage, StageContext, StageOutcome
+
+PERF_KEYS = (
+    "completed",
+    "num_prompts",
+    "duration",
+    "total_input_tokens",
+    "total_output_tokens",
+    "request_throughput",
+    "input_throughput",
+    "output_throughput",
+    "total_token_throughput",
+)
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+STATS = ("mean", "median", "std", "p50", "p90", "p99")
+PERF_METRICS = (
+    "mean_ttft_ms",
+    "mean_tpot_ms",
+    "mean_itl_ms",
+    "mean_e2el_ms",
+    "output_throughput",
+    "request_throughput",
+)
+IMBALANCE_MEASURES = (
+    "imb_cv",
+    "imb_max_mean",
+    "imb_entropy",
+    "imb_gini",
+    "imb_rank_max_mean",
+    "imb_rank_max_mean_ratio_of_sums",
+)
+
+
+def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
+    """(row with the run's identity and performance, routing log) per measured run."""
+    bench = ctx.stage_dir("bench")
+    scores = {
+        Path(d["file"]).stem: d["score"]
+        for d in read_json(ctx.stage_dir("datasets") / "metadata.json")["datasets"]
+    }
+    out = []
+    for unit_file in sorted(bench.rglob("unit.json")):
+        unit = read_json(unit_file)
+        for run in unit["runs"]:
+            result = read_json(unit_file.parent / run["result"])
+            unit_name = unit_file.parent.relative_to(bench).as_posix()
+            row = {
+                "run": f"{unit_name}/rep{run['repetition']:02d}",
+                "experiment": unit["experiment"],
+                "mode": unit["mode"],
+                "max_num_seqs": unit["max_num_seqs"],
+                "max_num_batched_tokens": unit["max_num_batched_tokens"],
+                "dataset": unit["dataset"] or "",
+                "predicted_score": scores.get(unit["dataset"]) if unit["dataset"] else None,
+                "repetition": run["repetition"],
+                "result": (unit_file.parent / run["result"])
+                .relative_to(ctx.run_dir.path)
+                .as_posix(),
+                "mean_input_tokens": result["total_input_tokens"] / max(result["completed"], 1),
+            }
+            row.update({k: result.get(k) for k in PERF_KEYS})
+            for lat in LATENCIES:
+                for stat in STATS:
+                    row[f"{stat}_{lat}_ms"] = result.get(f"{stat}_{lat}_ms")
+            out.append((row, unit_file.parent / run["routing"]))
+    return out
+
+
+class ImbalanceStage(Stage):
+    name = "imbalance"
+    description = "routing logs -> imbalance measures and their correlation with performance"
+    upstream = ("datasets", "bench")
+    profile_sections = ("experiments",)
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        out = ctx.stage_dir(self.name)
+        rows, results = [], []
+        for row, routing in run_rows(ctx):
+            analysed = analyze_routing_log(routing, run=row["run"])
+            results.append(analysed)
+            row["routing_tokens"] = analysed.num_tokens
+            row["routing_events"] = analysed.events
+            row.update({f"imb_{k}": v for k, v in analysed.headline().items()})
+            rows.append(row)
+        write_run_tables(out, results)
+        columns = list(rows[0]) if rows else []
+        atomic_write_text(out / "runs.csv", csv_text(rows, columns))
+        atomic_write_json(out / "runs.json", rows)
+        imbalance_rows = [r for r in rows if r["experiment"] == "imbalance"]
+        correlations = []
+        for iqr in (False, True):
+            for x_keys, y_keys in (
+                (("predicted_score",), IMBALANCE_MEASURES + PERF_METRICS),
+                (IMBALANCE_MEASURES, PERF_METRICS),
+            ):
+                for item in correlation_table(imbalance_rows, x_keys, y_keys, iqr=iqr):
+                    correlations.append({**item, "iqr_filter": iqr})
+        columns = list(correlations[0]) if correlations else []
+        atomic_write_text(out / "correlations.csv", csv_text(correlations, columns))
+        atomic_write_json(out / "correlations.json", correlations)
+        events = sum(r["routing_events"] for r in rows)
+        return StageOutcome(
+            summary=f"{len(rows)} runs analysed ({events:,} routing events), "
+            f"{len(correlations)} correlations over {len(imbalance_rows)} imbalance runs"
+        )
+
+
+STAGE = ImbalanceStage()
