@@ -15,6 +15,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from artifact import __version__
 from artifact.console import console
 from artifact.errors import ArtifactError
@@ -26,6 +28,7 @@ from artifact.stages import PIPELINE, StageContext, load_stage, run_stage
 TOOLS = {
     "predict": "artifact.predictor",
     "metrics": "artifact.metrics",
+    "bench-client": "artifact.benchclient",
     "imbalance-metrics": "artifact.imbalance",
     "nsys-summary": "artifact.nsys",
     "provenance": "artifact.vllm_provenance",
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ArtifactError as exc:
-        console.print(f"[red]error[/]: {exc}", soft_wrap=True)
+        # escape: trace names like Perlmutter[baseline_8_2048] are not markup
+        console.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]; finished units are kept, rerun to resume")
