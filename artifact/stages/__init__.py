@@ -24,6 +24,8 @@ from artifact.profiles import Profile
 
 # The pipeline, in order. A name without a module yet is reported as not built.
 PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
+# GPU-only stages, run on their own (`moe-artifact kernels`), not by `reproduce`.
+GPU_STAGES = ("kernels", "parallel")
 
 
 @dataclass
@@ -41,6 +43,9 @@ class StageContext:
 class StageOutcome:
     summary: str
     details: dict = field(default_factory=dict)
+    # Non-zero when the stage finished but its verdict is negative (check: a claim FAILed);
+    # recorded in the manifest and returned by the CLI, also when the stage is skipped later.
+    exit_code: int = 0
 
 
 class Stage:
@@ -157,6 +162,7 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         seconds=round(seconds, 3),
         summary=outcome.summary,
         details=outcome.details,
+        exit_code=outcome.exit_code,
         outputs=run_dir.outputs_of((stage.name,)),
     )
     console.print(f"[green]{stage.name}[/]: {outcome.summary} ({seconds:.1f} s)")
@@ -164,6 +170,7 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
 
 
 __all__ = [
+    "GPU_STAGES",
     "PIPELINE",
     "Stage",
     "StageContext",
