@@ -22,7 +22,7 @@ from artifact.console import console
 from artifact.errors import ArtifactError
 from artifact.manifest import RunDir
 from artifact.profiles import default_profile_name, load_profile
-from artifact.stages import PIPELINE, StageContext, load_stage, run_stage
+from artifact.stages import GPU_STAGES, PIPELINE, StageContext, load_stage, run_stage
 
 # Standalone tools: command name -> module with configure_parser(parser) and run_tool(args).
 TOOLS = {
@@ -32,6 +32,7 @@ TOOLS = {
     "imbalance-metrics": "artifact.imbalance",
     "nsys-summary": "artifact.nsys",
     "provenance": "artifact.vllm_provenance",
+    "kernel-loads": "artifact.kernels.loads",
 }
 
 
@@ -67,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in PIPELINE:
+    for name in PIPELINE + GPU_STAGES:
         stage = load_stage(name)
         if stage is None:
             continue
-        p = sub.add_parser(name, help=f"stage: {stage.description}", description=stage.description)
+        kind = "GPU stage" if name in GPU_STAGES else "stage"
+        p = sub.add_parser(name, help=f"{kind}: {stage.description}", description=stage.description)
         _common_stage_options(p)
         stage.configure_parser(p)
         p.set_defaults(handler=_run_one_stage, stage_name=name)
