@@ -132,3 +132,75 @@ def lint(session: nox.Session) -> None:
     python = _python(session, "local,test,lint")
     session.run(python, "-m", "ruff", "check", ".", external=True)
     session.run(python, "-m", "ruff", "format", "--check", ".", external=True)
+
+
+@nox.session(name="container-smoke", venv_backend="none", default=False)
+def container_smoke(session: nox.Session) -> None:
+    """Build the CPU variant of the image from scratch and run `nox -s reproduce` inside it.
+
+    Needs podman, buildah and debootstrap (apt-get install podman buildah debootstrap). The
+    base image is made locally with debootstrap; the build runs with `--isolation chroot` and
+    the smoke run with `buildah run` (plain `podman run` fails on hosts that refuse its
+    rlimits). A CPU-only torch is taken from $PIP_FIND_LINKS when that is a folder, and
+    $PIP_CERT is trusted during the build. Writes .nox/container-smoke/{image.json,runs/}.
+    """
+    import shutil
+
+    for tool in ("podman", "buildah", "debootstrap"):
+        if shutil.which(tool) is None:
+            session.skip(f"{tool} is not installed (apt-get install podman buildah debootstrap)")
+    out = ROOT / ".nox" / "container-smoke"
+    out.mkdir(parents=True, exist_ok=True)
+    base = "localhost/moe-artifact-base:bookworm"
+    tag = "localhost/moe-artifact:cpu-smoke"
+    session.run("bash", "containers/base-cpu.sh", "--tag", base, external=True)
+    session.run("podman", "rmi", "--force", "--ignore", tag, external=True)
+    build = ["--tool", "podman", "--isolation", "chroot", "--variant", "cpu", "--no-cache"]
+    build += ["--base", base, "--tag", tag, "--info", str(out / "image.json")]
+    wheels = os.environ.get("PIP_FIND_LINKS", "")
+    if wheels and Path(wheels).is_dir():
+        build += ["--wheels", wheels]
+    cert = os.environ.get("PIP_CERT", "")
+    if cert and Path(cert).is_file():
+        build += ["--extra-ca", cert]
+    session.run("bash", "containers/build.sh", *build, external=True)
+    session.run(
+        "bash", "containers/smoke.sh", tag, str(out / "runs"), *session.posargs, external=True
+    )
+
+
+@nox.session(name="vllm-check", default=False)
+@nox.parametrize("ref", ["v0.11.0", "2f13319f47eb9a78b471c5ced0fcf90862cd16a2"])
+def vllm_check(session: nox.Session, ref: str) -> None:
+    """Install a pinned vLLM and check the artifact against it: `vllm serve` flags and the
+    routing plugin's targets and entry point (containers/vllm_surface.py check,
+    containers/vllm_plugin_check.py). Needs Linux x86_64 and the network; the 2f13319f build
+    installs vLLM's precompiled kernels of that commit (VLLM_USE_PRECOMPILED=1), as the
+    original study did."""
+    if ref.startswith("v"):
+        session.install(f"vllm[flashinfer]=={ref[1:]}")
+        key = ref[1:]
+    else:
+        session.install(
+            f"vllm @ git+https://github.com/vllm-project/vllm.git@{ref}",
+            env={"VLLM_USE_PRECOMPILED": "1"},
+        )
+        session.install("transformers>=4.55.2,<5")
+        key = ref[:8]
+    session.install("-e", ".[hpc,test]")
+    session.run("python", "containers/vllm_surface.py", "check", "--build", key)
+    session.run("python", "containers/vllm_plugin_check.py", "--expect-version", key.lstrip("v"))
+
+
+kernels = _stage_session(
+    "kernels",
+    "GPU only, on its own: the MoE layer's implementations and the Triton kernel, timed under "
+    "uniform, Zipf and replayed routing (needs a CUDA torch and triton; docs/kernels.md).",
+)
+
+
+parallel = _stage_session(
+    "parallel",
+    "GPU only, not in `reproduce`: one MoE layer, TP vs EP over NCCL on this machine's GPUs "
+    "(torchrun); `-- --device cpu --shape 64,128,8,2` runs it on CPU with gloo.",
+)

@@ -33,6 +33,7 @@ TOOLS = {
     "nsys-summary": "artifact.nsys",
     "provenance": "artifact.vllm_provenance",
     "kernel-loads": "artifact.kernels.loads",
+    "parallel-loads": "artifact.parallel.study_loads",
 }
 
 

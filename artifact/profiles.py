@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from artifact.errors import ArtifactError
 
 PROFILE_DIR_ENV = "MOE_ARTIFACT_PROFILE_DIR"
+SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}")
 
 
 def project_root() -> Path:
@@ -71,6 +73,22 @@ class Engine(Strict):
     launcher: Literal["bare", "podman-hpc", "apptainer"] = "bare"
     image: str | None = None
     vllm_ref: str | None = None
+    # vLLM in a container: extra bind mounts ("host:container[:opts]", $VARS expanded at
+    # launch), the Hugging Face cache to mount and point HF_HOME at, /dev/shm size.
+    mounts: list[str] = Field(default_factory=list)
+    hf_home: str | None = None
+    shm_size: str | None = None
+    # `nsys profile --trace` for modes or experiments that ask for kernel traces.
+    nsys_trace: str = "cuda,nvtx"
+
+
+class EplbSettings(Strict):
+    """vLLM's EPLB knobs (--eplb-config at >= 0.10.2, the older separate flags before)."""
+
+    window_size: int | None = Field(None, ge=1)
+    step_interval: int | None = Field(None, ge=1)
+    num_redundant_experts: int | None = Field(None, ge=0)
+    log_balancedness: bool = False
 
 
 class Mode(Strict):
@@ -87,6 +105,13 @@ class Mode(Strict):
     all2all_backend: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
+    # vLLM only: EPLB tuning, the MoE kernel the mode claims (checked against the server's
+    # log), another image / vLLM build than the engine's, and running under `nsys profile`.
+    eplb: EplbSettings | None = None
+    moe_kernel: Literal["triton_fused_moe", "flashinfer_cutlass_moe"] | None = None
+    image: str | None = None
+    vllm_ref: str | None = None
+    nsys: bool = False
 
 
 class DatasetsSpec(Strict):
@@ -171,6 +196,30 @@ class Experiments(Strict):
     imbalance: ImbalanceSensitivity | None = None
 
 
+ExperimentName = Literal["config_sweep", "eplb_ablation", "imbalance"]
+
+
+class SlurmSpec(Strict):
+    """Batch settings for HPC profiles (reproduce/<site>/*.sbatch read them at submit time)."""
+
+    account: str | None = None  # else $MOE_ARTIFACT_SLURM_ACCOUNT
+    constraint: str = "gpu"
+    qos: str = "regular"
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(4, ge=1)
+    # Wall time per experiment (HH:MM:SS), and QoS where it differs from `qos`.
+    time: dict[ExperimentName, str] = Field(default_factory=dict)
+    qos_per_experiment: dict[ExperimentName, str] = Field(default_factory=dict)
+
+    @field_validator("time")
+    @classmethod
+    def _times(cls, v: dict) -> dict:
+        for key, value in v.items():
+            if not SLURM_TIME.fullmatch(str(value)):
+                raise ValueError(f"time.{key} must be HH:MM:SS or D-HH:MM:SS (got {value!r})")
+        return v
+
+
 class Profile(Strict):
     name: str
     description: str = ""
@@ -180,6 +229,7 @@ class Profile(Strict):
     modes: dict[str, Mode]
     datasets: DatasetsSpec = Field(default_factory=DatasetsSpec)
     experiments: Experiments = Field(default_factory=Experiments)
+    slurm: SlurmSpec | None = None
     expected_results: str
 
     @model_validator(mode="after")

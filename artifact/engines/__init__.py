@@ -75,6 +75,20 @@ class Server:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
 
+    def call(self, path: str, payload: dict | None = None, what: str = "") -> dict:
+        """A control request; a server that died or stopped answering is a StageFailed."""
+        try:
+            return self._request(path, payload)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            # A killed process can still look alive for a moment: give it time to exit.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+            self.check_alive(what or path)
+            raise StageFailed(
+                f"the server does not answer {path} ({exc}); last lines of "
+                f"{self.log_path}:\n{log_tail(self.log_path)}"
+            ) from None
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -101,13 +115,17 @@ class Server:
         )
 
     def provenance(self) -> dict:
-        return self._request("/artifact/provenance")
+        return self.call("/artifact/provenance", what="the provenance request")
 
     def start_routing(self, path: Path, meta: dict | None = None) -> None:
-        self._request("/artifact/routing", {"path": str(path), "meta": meta or {}})
+        self.call(
+            "/artifact/routing",
+            {"path": str(path), "meta": meta or {}},
+            what=f"the start of routing capture to {path.name}",
+        )
 
     def stop_routing(self) -> dict:
-        return self._request("/artifact/routing", {"path": None})
+        return self.call("/artifact/routing", {"path": None}, what="the end of routing capture")
 
     def stop(self, grace_s: float = 15.0) -> int:
         """Graceful stop (SIGTERM to the process group), then SIGKILL; returns the exit code."""
@@ -177,6 +195,10 @@ def get_engine(profile: Profile, model_dir: Path) -> Engine:
         from artifact.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(profile, model_dir)
+    if profile.engine.kind == "vllm":
+        from artifact.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(profile, model_dir)
     raise ArtifactError(
         f"engine '{profile.engine.kind}' cannot be started by this build yet",
         path=profile.path,
