@@ -1,0 +1,48 @@
+"""The tolerance-banded checker: claims (expected_results/<profile>.yaml) judged on a run.
+
+Modules: `schema` (the claims file and its loader), `tables` (the run directory's tidy
+tables), `query` (a claim's quantity over them), `rules` (how each kind of claim is judged),
+`evaluate` (verdicts PASS / FAIL / SKIP / XFAIL), `output` (terminal, Markdown, JSON),
+`audit` (provenance findings on the original study's logs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artifact.checker.evaluate import VERDICTS, ClaimResult, counts, evaluate
+from artifact.checker.output import markdown_table, payload, rich_table, summary_line
+from artifact.checker.schema import ClaimsFile, claims_path, load_claims
+from artifact.checker.tables import RunTables, hardware_id
+from artifact.profiles import Profile
+
+
+def check_run(
+    run_dir: str | Path,
+    profile: Profile,
+    claims: str | Path | None = None,
+    *,
+    hardware: str | None = None,
+) -> tuple[list[ClaimResult], ClaimsFile, RunTables]:
+    """Load the claims and judge them on the run directory's tables."""
+    claims_file = load_claims(claims_path(profile, claims))
+    tables = RunTables(run_dir)
+    return evaluate(claims_file, tables, profile, hardware=hardware), claims_file, tables
+
+
+__all__ = [
+    "VERDICTS",
+    "ClaimResult",
+    "ClaimsFile",
+    "RunTables",
+    "check_run",
+    "claims_path",
+    "counts",
+    "evaluate",
+    "hardware_id",
+    "load_claims",
+    "markdown_table",
+    "payload",
+    "rich_table",
+    "summary_line",
+]

@@ -1,0 +1,114 @@
+"""Stage `check`: judge every claim of the profile's expected results on the run.
+
+Loads `expected_results/<profile>.yaml` (artifact.checker.schema), evaluates each claim's
+query over the run directory's tidy tables and judges it (artifact.checker.rules): PASS,
+FAIL, SKIP or XFAIL, with expected and observed values and the reason. Prints the claims
+table and the provenance findings (artifact.checker.audit), writes `check/claims.json`
+(verdicts, counts, hardware, findings) and `check/claims.md`, and ends with exit code 1
+when any claim FAILs (the stage itself is complete: its verdict is recorded, not an error).
+
+`--from-study DIR` is the audit: the study's own claims (`--profile perlmutter`) judged on
+the study's own raw data, imported as the run's tables, plus the provenance findings from
+its server logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from artifact.console import console
+from artifact.io import atomic_write_json, atomic_write_text
+from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.stages.plots import add_study_options, claims_inputs
+
+SEVERITY = {"error": "red", "warning": "yellow"}
+
+
+class CheckStage(Stage):
+    name = "check"
+    description = "judge every claim against the expected results (exit 1 when one FAILs)"
+    upstream = ("datasets", "bench", "imbalance")
+    profile_sections = ("hardware", "modes", "experiments", "expected_results")
+
+    def __init__(self, study=None):
+        self.study = study
+        if study is not None:
+            self.upstream = ("imbalance",)
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        add_study_options(parser)
+
+    def plan(self, args: argparse.Namespace) -> list[Stage]:
+        from artifact.plots.study import study_plan
+
+        return study_plan(args, self, CheckStage)
+
+    def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
+        return claims_inputs(ctx)
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        from artifact.checker import (
+            check_run,
+            counts,
+            markdown_table,
+            payload,
+            rich_table,
+            summary_line,
+        )
+        from artifact.checker.audit import findings
+        from artifact.checker.tables import check_fresh
+
+        check_fresh(ctx.run_dir, self.upstream)
+        results, claims_file, tables = check_run(
+            ctx.run_dir.path, ctx.profile, getattr(ctx.args, "claims", None)
+        )
+        found = findings(tables)
+        hardware = tables.hardware()
+        out = ctx.stage_dir(self.name)
+        atomic_write_json(
+            out / "claims.json",
+            payload(
+                results,
+                profile=ctx.profile.name,
+                claims_file=str(claims_file.path),
+                hardware=hardware,
+                run_dir=str(ctx.run_dir.path),
+                from_study=str(self.study) if self.study else None,
+                findings=found,
+            ),
+        )
+        md = f"# Claims: {ctx.profile.name}\n\n{summary_line(results)}; hardware `{hardware}`\n\n"
+        md += markdown_table(results)
+        if found:
+            md += "\n## Findings\n\n" + "".join(
+                f"- **{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})\n"
+                for f in found
+            )
+        atomic_write_text(out / "claims.md", md)
+        title = f"claims of {ctx.profile.name} on {ctx.run_dir.path} (hardware {hardware})"
+        console.print(rich_table(results, title=title))
+        for f in found:
+            console.print(
+                f"[{SEVERITY.get(f['severity'], 'white')}]{f['severity']}[/] "
+                f"{escape(f['id'])}: {escape(f['finding'])}",
+                soft_wrap=True,
+            )
+        failed = [r.id for r in results if r.verdict == "FAIL"]
+        report = ctx.run_dir.path / "plots" / "report.html"
+        return StageOutcome(
+            summary=f"{summary_line(results)}"
+            + (f" (FAIL: {', '.join(failed)})" if failed else "")
+            + f"; {out / 'claims.md'}"
+            + (f"; report {report}" if report.exists() else ""),
+            details={
+                "counts": counts(results),
+                "failed": failed,
+                "findings": len(found),
+            },
+            exit_code=1 if failed else 0,
+        )
+
+
+STAGE = CheckStage()
