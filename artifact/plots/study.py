@@ -35,7 +35,7 @@ from artifact.bench_results import load_result
 from artifact.checker.audit import log_provenance
 from artifact.checker.tables import hardware_id
 from artifact.errors import ArtifactError
-from artifact.imbalance import analyze_gate_log_run, correlation_table, write_run_tables
+from artifact.imbalance import analyze_gate_log_run, write_run_tables
 from artifact.imbalance.readers import Skipped
 from artifact.imbalance.tables import csv_text
 from artifact.io import atomic_write_json, atomic_write_text, read_json
@@ -44,7 +44,7 @@ from artifact.metrics import csv_row, find_traces, open_trace, parse_trace_name,
 from artifact.nsys import read_kernel_summary
 from artifact.nsys import summarize as nsys_summarize
 from artifact.stages import Stage, StageContext, StageOutcome
-from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, PERF_METRICS
+from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
 
 TRACE_MODES = {"baseline": "baseline", "defaultall2all": "all2all"}
 # load_imbalance/<prefix>_results_json and <prefix>_gates_logs -> mode
@@ -258,19 +258,6 @@ def eplb_table(root: Path) -> dict | None:
     from artifact.nsys import compare
 
     return {"runs": runs, "comparison": compare(runs[0], runs[1])}
-
-
-def correlations(rows: list[dict], measures: tuple[str, ...]) -> list[dict]:
-    """The imbalance stage's correlation table, over the study's imbalance runs."""
-    out = []
-    for iqr in (False, True):
-        for x_keys, y_keys in (
-            (("predicted_score",), measures + PERF_METRICS),
-            (measures, PERF_METRICS),
-        ):
-            for item in correlation_table(rows, x_keys, y_keys, iqr=iqr):
-                out.append({**item, "iqr_filter": iqr})
-    return out
 
 
 def _write(out: Path, name: str, rows: list[dict]) -> None:

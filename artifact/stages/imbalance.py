@@ -54,6 +54,20 @@ IMBALANCE_MEASURES = (
 )
 
 
+def correlations(rows: list[dict], measures: tuple[str, ...]) -> list[dict]:
+    """Per mode: predicted score vs each measure and performance metric, and each measure
+    vs each performance metric; Pearson and Spearman, without and with the 1.5 x IQR filter."""
+    out = []
+    for iqr in (False, True):
+        for x_keys, y_keys in (
+            (("predicted_score",), measures + PERF_METRICS),
+            (measures, PERF_METRICS),
+        ):
+            for item in correlation_table(rows, x_keys, y_keys, iqr=iqr):
+                out.append({**item, "iqr_filter": iqr})
+    return out
+
+
 def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
     """(row with the run's identity and performance, routing log) per measured run."""
     bench = ctx.stage_dir("bench")
@@ -110,21 +124,14 @@ class ImbalanceStage(Stage):
         atomic_write_text(out / "runs.csv", csv_text(rows, columns))
         atomic_write_json(out / "runs.json", rows)
         imbalance_rows = [r for r in rows if r["experiment"] == "imbalance"]
-        correlations = []
-        for iqr in (False, True):
-            for x_keys, y_keys in (
-                (("predicted_score",), IMBALANCE_MEASURES + PERF_METRICS),
-                (IMBALANCE_MEASURES, PERF_METRICS),
-            ):
-                for item in correlation_table(imbalance_rows, x_keys, y_keys, iqr=iqr):
-                    correlations.append({**item, "iqr_filter": iqr})
-        columns = list(correlations[0]) if correlations else []
-        atomic_write_text(out / "correlations.csv", csv_text(correlations, columns))
-        atomic_write_json(out / "correlations.json", correlations)
+        correlation_rows = correlations(imbalance_rows, IMBALANCE_MEASURES)
+        columns = list(correlation_rows[0]) if correlation_rows else []
+        atomic_write_text(out / "correlations.csv", csv_text(correlation_rows, columns))
+        atomic_write_json(out / "correlations.json", correlation_rows)
         events = sum(r["routing_events"] for r in rows)
         return StageOutcome(
             summary=f"{len(rows)} runs analysed ({events:,} routing events), "
-            f"{len(correlations)} correlations over {len(imbalance_rows)} imbalance runs"
+            f"{len(correlation_rows)} correlations over {len(imbalance_rows)} imbalance runs"
         )
 
 
