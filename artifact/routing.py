@@ -192,3 +192,15 @@ class RoutingLog:
     def read_all(self) -> np.ndarray:
         parts = list(self.chunks())
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+
+def layer_totals(path: str | Path, phase: str | None = None) -> np.ndarray:
+    """Expert counts summed over all steps, per layer: int64[num_layers, num_experts]
+    (one phase only when `phase` is given)."""
+    log = RoutingLog(path)
+    totals = np.zeros((log.header.num_layers, log.header.num_experts), dtype=np.int64)
+    for chunk in log.chunks():
+        if phase is not None:
+            chunk = chunk[chunk["phase"] == PHASE_CODE[phase]]
+        np.add.at(totals, chunk["layer"], chunk["counts"])
+    return totals

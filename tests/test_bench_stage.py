@@ -12,8 +12,8 @@ from artifact.engines import Server
 from artifact.errors import StageFailed
 from artifact.manifest import RunDir
 from artifact.profiles import load_profile
+from artifact.routing import layer_totals
 from artifact.stages import StageContext, load_stage, run_stage
-from artifact.stages.bench import layer_totals
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("torch")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from artifact.engines import ServerLimits, get_engine
-from artifact.engines.replay import load_model, per_layer_counts, replay
+from artifact.engines.replay import load_model, replay
 from artifact.engines.transformers_engine import kv_blocks
 from artifact.errors import ArtifactError, StageFailed
 from artifact.profiles import Mode, load_profile
-from artifact.routing import RoutingLog
+from artifact.routing import RoutingLog, layer_totals
 
 pytestmark = pytest.mark.engine
 torch = pytest.importorskip("torch")
@@ -140,8 +140,8 @@ def test_lifecycle_and_routing_capture(engine, tmp_path):
     model, tokenizer = load_model(engine.model_dir, "grouped_mm")
     replay(model, tokenizer, prompts, tmp_path / "replay.routing")
     np.testing.assert_array_equal(
-        per_layer_counts(tmp_path / "run.routing", "prefill"),
-        per_layer_counts(tmp_path / "replay.routing"),
+        layer_totals(tmp_path / "run.routing", "prefill"),
+        layer_totals(tmp_path / "replay.routing"),
     )
     assert "artifact: stopping" in Path(tmp_path / "server.log").read_text()
 

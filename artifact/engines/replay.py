@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from artifact.engines.routing_capture import RoutingRecorder
-from artifact.routing import PHASE_CODE, RoutingLog
 
 
 def load_model(model_dir: str | Path, experts_implementation: str, dtype: str = "float32"):
@@ -46,14 +43,3 @@ def replay(
         return recorder.stats()
     finally:
         recorder.detach()
-
-
-def per_layer_counts(path: str | Path, phase: str | None = None) -> np.ndarray:
-    """Expert counts summed over all steps, per layer: int64[num_layers, num_experts]."""
-    log = RoutingLog(path)
-    totals = np.zeros((log.header.num_layers, log.header.num_experts), dtype=np.int64)
-    for chunk in log.chunks():
-        if phase is not None:
-            chunk = chunk[chunk["phase"] == PHASE_CODE[phase]]
-        np.add.at(totals, chunk["layer"], chunk["counts"])
-    return totals

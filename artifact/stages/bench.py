@@ -39,7 +39,7 @@ from artifact.engines import ServerLimits, get_engine
 from artifact.errors import StageFailed
 from artifact.io import atomic_write_json, read_json
 from artifact.profiles import BenchSpec, Profile
-from artifact.routing import PHASE_CODE, RoutingLog
+from artifact.routing import layer_totals
 from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.stages.datasets import SWEEP_PROMPTS
 from artifact.stages.install import installed_model_dir
@@ -125,16 +125,6 @@ def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
         request_timeout_s=spec.request_timeout_s,
         metric_percentiles=tuple(spec.metric_percentiles),
     )
-
-
-def layer_totals(path: Path, phase: str | None = None) -> np.ndarray:
-    log = RoutingLog(path)
-    totals = np.zeros((log.header.num_layers, log.header.num_experts), dtype=np.int64)
-    for chunk in log.chunks():
-        if phase is not None:
-            chunk = chunk[chunk["phase"] == PHASE_CODE[phase]]
-        np.add.at(totals, chunk["layer"], chunk["counts"])
-    return totals
 
 
 def check_routing_totals(routing: Path, result: dict, top_k: int) -> dict:
