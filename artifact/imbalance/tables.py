@@ -96,6 +96,21 @@ def csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def markdown_table(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    """A Markdown table of tidy rows (floats to 4 significant digits, None empty)."""
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_table(out_dir: str | Path, name: str, rows: list[dict]) -> list[Path]:
     """`<name>.csv` and `<name>.json` in out_dir (atomically); columns from COLUMNS[name]."""
     out_dir = Path(out_dir)

@@ -45,7 +45,7 @@ import torch
 from artifact.console import console
 from artifact.errors import ArtifactError
 from artifact.imbalance.metrics import ExpertPlacement, max_mean, rank_loads, rank_max_mean
-from artifact.imbalance.tables import csv_text
+from artifact.imbalance.tables import csv_text, markdown_table
 from artifact.io import atomic_write_json, atomic_write_text
 from artifact.kernels.layer import (
     IMPLEMENTATIONS,
@@ -829,19 +829,6 @@ def acceptance_rows(rows: list[dict], tolerance: float) -> list[dict]:
                 }
             )
     return out
-
-
-def markdown_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    def cell(value) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def run_kernels(opts: BenchOptions, out_dir: Path) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from artifact.imbalance.metrics import max_mean
-from artifact.imbalance.tables import csv_text
+from artifact.imbalance.tables import csv_text, markdown_table
 from artifact.io import atomic_open, atomic_write_json, atomic_write_text
 from artifact.parallel.options import COMM_PHASES
 
@@ -308,19 +308,6 @@ def eplb_rows(results: list[dict], fits: list[dict]) -> list[dict]:
             }
         )
     return out
-
-
-def markdown_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    def cell(value) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(info: dict, results, fits, crossover, eplb) -> str:
