@@ -69,6 +69,12 @@ class Engine(Strict):
     host: str = "127.0.0.1"
     device: Literal["cpu", "cuda"] = "cpu"
     startup_timeout_s: float = Field(600.0, gt=0)
+    # transformers only: the share of prompt-token expert assignments a server run may route
+    # differently from the offline replay of the same prompts (0: exactly equal; the prompt
+    # tokens per layer must match in any case). Exact on a CPU in float32; in bf16 on a GPU
+    # the batched pass and the one-prompt replay round differently, so a token whose top-2
+    # scores nearly tie can flip expert.
+    replay_tolerance: float = Field(0.0, ge=0.0, le=1.0)
     # vLLM only: how the server process is launched and which vLLM it is.
     launcher: Literal["bare", "podman-hpc", "apptainer"] = "bare"
     image: str | None = None

@@ -131,3 +131,13 @@ def test_routing_totals_check_catches_a_miscount(tmp_path):
     result["output_lens_usage"] = [4]
     with pytest.raises(StageFailed, match="do not all equal top_k x processed tokens"):
         check_routing_totals(path, result, 2)
+
+
+def test_replay_mismatch_counts_moved_assignments():
+    from artifact.stages.bench import replay_mismatch
+
+    expected = np.array([[4, 2, 0, 2], [2, 2, 2, 2]])
+    assert replay_mismatch(expected, expected.copy()) == 0.0
+    moved = np.array([[3, 3, 0, 2], [2, 2, 2, 2]])  # one assignment went from expert 0 to 1
+    assert replay_mismatch(expected, moved) == 1 / 16
+    assert replay_mismatch(expected, expected[:1]) == 1.0  # another layer count: all differ

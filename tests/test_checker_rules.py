@@ -41,7 +41,7 @@ def sweep_rows(values: dict[tuple[str, int], list[float]], column="mean_ttft_ms"
     ]
 
 
-@pytest.mark.parametrize("name", ["local", "perlmutter"])
+@pytest.mark.parametrize("name", ["local", "gpu", "perlmutter"])
 def test_shipped_claims_files_load(name):
     profile = load_profile(name)
     claims = load_claims(REPO / profile.expected_results)

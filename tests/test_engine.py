@@ -137,7 +137,8 @@ def test_lifecycle_and_routing_capture(engine, tmp_path):
         assert mine["counts"].sum() == 2 * processed  # top_k x every token processed
     assert stats["tokens"]["prefill"] == sum(u["prompt_tokens"] for u in usages)
     # the prompt part equals an offline replay of the same prompts, exactly
-    model, tokenizer = load_model(engine.model_dir, "grouped_mm")
+    model, tokenizer = load_model(engine.model_dir)
+    model.set_experts_implementation("grouped_mm")
     replay(model, tokenizer, prompts, tmp_path / "replay.routing")
     np.testing.assert_array_equal(
         layer_totals(tmp_path / "run.routing", "prefill"),
@@ -158,3 +159,49 @@ def test_start_failure_shows_the_log(engine, tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "model_dir", tmp_path / "no-such-model")
     with pytest.raises(StageFailed, match="server died during start-up"):
         engine.start("eager", ServerLimits(2, 128), tmp_path / "server.log")
+
+
+def test_tolerant_decode_stream_survives_what_the_native_one_raises_on(tiny_model):
+    """tokenizers' DecodeStream raises on some byte-fallback sequences (a seeded model emits
+    them); the server's stream then decodes the whole sequence instead, without repeating
+    what it already sent, and stays exact on ordinary text."""
+    import tokenizers.decoders
+    from transformers import AutoTokenizer
+
+    from artifact.engines.transformers_server import install_tolerant_decode_stream
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)._tokenizer
+    native = tokenizers.decoders.DecodeStream
+    # Found by drawing random sequences (every third token a byte token <0x..>, ids 3-258).
+    rng = np.random.default_rng(0)
+    failing = None
+    for _ in range(200):
+        ids = [int(i) for i in rng.integers(3, 32000, 32)]
+        ids[::3] = [int(i) for i in rng.integers(3, 259, len(ids[::3]))]
+        stream = native([], skip_special_tokens=True)
+        try:
+            for token in ids:
+                stream.step(tokenizer, token)
+        except Exception:
+            failing = ids
+            break
+    assert failing is not None, "no sequence found that the native DecodeStream rejects"
+    try:
+        install_tolerant_decode_stream()
+        tolerant = tokenizers.decoders.DecodeStream
+        assert tolerant is not native
+
+        def streamed(ids):
+            stream = tolerant([], skip_special_tokens=True)
+            return "".join(filter(None, (stream.step(tokenizer, t) for t in ids)))
+
+        full = tokenizer.decode(failing, skip_special_tokens=True)
+        text = streamed(failing)
+        # Nothing repeated; after the switch the tail is the full decode's (an incomplete
+        # UTF-8 sequence at the very end is held back, as the native stream does).
+        assert len(text) <= len(full)
+        assert full.rstrip("\ufffd").endswith(text[-10:])
+        ordinary = tokenizer.encode("Streaming stays exact: Ünïcödé, 日本語.").ids
+        assert streamed(ordinary) == tokenizer.decode(ordinary, skip_special_tokens=True)
+    finally:
+        tokenizers.decoders.DecodeStream = native

@@ -68,3 +68,21 @@ def test_section_hash_tracks_only_named_sections(write_profile, local_profile_ra
     b = load_profile(write_profile({"engine": changed}))
     assert a.section_hash("datasets") == b.section_hash("datasets")
     assert a.section_hash("engine") != b.section_hash("engine")
+
+
+def test_gpu_profile_has_mixtral_8x7b_layer_shapes_and_runnable_modes():
+    from artifact.engines import get_engine
+
+    gpu = load_profile("gpu")
+    arch = gpu.model.architecture
+    assert (arch["hidden_size"], arch["intermediate_size"]) == (4096, 14336)
+    assert (arch["num_local_experts"], arch["num_experts_per_tok"]) == (8, 2)
+    assert (arch["num_attention_heads"], arch["num_key_value_heads"]) == (32, 8)
+    assert arch["vocab_size"] == 32000
+    assert (gpu.engine.device, gpu.model.dtype) == ("cuda", "bfloat16")
+    assert 0 < gpu.engine.replay_tolerance <= 0.1
+    engine = get_engine(gpu, None)
+    for name, mode in gpu.modes.items():
+        engine.validate_mode(name, mode)
+    # batched_mm gathers a 352 MB weight slab per routed token-expert pair at these shapes
+    assert {m.experts_implementation for m in gpu.modes.values()} == {"eager", "grouped_mm"}

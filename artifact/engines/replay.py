@@ -12,12 +12,14 @@ from pathlib import Path
 from artifact.engines.routing_capture import RoutingRecorder
 
 
-def load_model(model_dir: str | Path, experts_implementation: str, dtype: str = "float32"):
+def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer); choose the experts implementation with set_experts_implementation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
-    model.set_experts_implementation(experts_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=getattr(torch, dtype), device_map=device
+    )
     return model.eval(), AutoTokenizer.from_pretrained(str(model_dir))
 
 
@@ -38,7 +40,7 @@ def replay(
     try:
         with torch.inference_mode():
             for text in texts:
-                ids = tokenizer(text, return_tensors="pt")["input_ids"]
+                ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
                 model(input_ids=ids, use_cache=False)
         return recorder.stats()
     finally:

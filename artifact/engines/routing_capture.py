@@ -163,7 +163,8 @@ class RoutingRecorder:
         if self._writer is None:
             return
         indices = output[-1]  # (router_logits, scores, indices[num_tokens, top_k])
-        self._rows.append((self.layer_index[id(module)], indices.detach().to("cpu").numpy()))
+        # Kept on the device until the pass ends: one host sync per pass, not one per layer.
+        self._rows.append((self.layer_index[id(module)], indices.detach()))
 
     def _end_pass(self, module, inputs, output) -> None:
         with self._lock:
@@ -175,7 +176,7 @@ class RoutingRecorder:
                 return
             rows = []
             for layer, indices in self._rows:
-                indices = indices.reshape(-1, indices.shape[-1])
+                indices = indices.to("cpu").numpy().reshape(-1, indices.shape[-1])
                 if layout is None:
                     parts = {"prefill": indices}
                 else:

@@ -30,13 +30,6 @@ TOKENIZER_CONFIG = {
     "legacy": True,
     "model_max_length": None,
 }
-MODEL_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-)
 
 
 def build_tokenizer(target: Path, max_length: int) -> None:
@@ -62,8 +55,15 @@ def build_tokenizer(target: Path, max_length: int) -> None:
         tokenizer.save_pretrained(target)
 
 
-def build_model(spec: ModelSpec, target: Path) -> dict[str, str]:
-    """Write the seeded model and tokenizer into `target` atomically; return file hashes."""
+def build_model(spec: ModelSpec, target: Path, device: str = "cpu") -> dict[str, str]:
+    """Write the seeded model and tokenizer into `target` atomically; return file hashes.
+
+    `device` is where the weights are drawn: a model of Mixtral-8x7B's layer shapes (2.9 GB
+    a layer in bf16) initialises in seconds on a GPU and in minutes on a CPU. The two draw
+    different numbers from the same seed (different generators), so the device is part of
+    what the install stage keys its cache on. Large models are saved in shards (several
+    `model-XXXXX-of-YYYYY.safetensors` and an index), which `fingerprint` covers.
+    """
     import torch
     from transformers import GenerationConfig, MixtralConfig, MixtralForCausalLM
     from transformers.utils import logging as hf_logging
@@ -80,8 +80,10 @@ def build_model(spec: ModelSpec, target: Path) -> dict[str, str]:
         )
         torch.manual_seed(spec.seed)
         dtype = getattr(torch, spec.dtype)
-        model = MixtralForCausalLM(config).to(dtype).eval()
+        with torch.device(device):
+            model = MixtralForCausalLM(config).to(dtype).eval()
         model.save_pretrained(tmp, safe_serialization=True)
+        del model
         GenerationConfig(bos_token_id=1, eos_token_id=2, do_sample=False).save_pretrained(tmp)
         build_tokenizer(tmp, spec.max_model_len)
         if target.exists():

@@ -15,7 +15,17 @@ process so the MoE routers can be hooked, and adds two routes:
 
 Continuous-batching settings forced here, and why: prefix sharing off (a shared prefix would
 skip prompt tokens, so the routing of repeated prompts would be incomplete); async batching
-off (batch N+1 is prepared while N runs, which would misalign the pass layout).
+off (batch N+1 is prepared while N runs, which would misalign the pass layout); CUDA graphs
+off (a replayed graph runs no Python forward hooks, so the routers' choices would go unseen;
+vLLM's `--enforce-eager` for the same reason).
+
+Streamed text: transformers' streamers decode incrementally with tokenizers' `DecodeStream`,
+which raises "Invalid prefix encountered while decoding stream" on some byte-fallback token
+sequences (the Llama decoder strips a leading space, so a sliding prefix can decode
+differently); a seeded model's random tokens hit it within a few hundred requests and the
+request fails. `install_tolerant_decode_stream` swaps in a stream that uses `DecodeStream`
+and, from the token where it raises, decodes the whole sequence instead (in this process
+only; transformers and tokenizers are not modified).
 SIGTERM or SIGINT stop the server gracefully and close the routing log.
 """
 
@@ -49,6 +59,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-blocks", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def install_tolerant_decode_stream() -> None:
+    """Make `tokenizers.decoders.DecodeStream`, as the serving streamers import it, fall back
+    to full decoding where the incremental decoder fails (see the module docstring)."""
+    import tokenizers.decoders
+
+    native = tokenizers.decoders.DecodeStream
+    if getattr(native, "_artifact_tolerant", False):
+        return
+
+    class TolerantDecodeStream:
+        _artifact_tolerant = True
+
+        def __init__(self, ids=None, skip_special_tokens: bool = False):
+            self._ids = list(ids or [])
+            self._skip = skip_special_tokens
+            self._stream = native(self._ids, skip_special_tokens=skip_special_tokens)
+            self._text = None  # decoded text so far, once the native stream has failed
+            self._emitted = ""
+
+        def step(self, tokenizer, token_id: int) -> str | None:
+            self._ids.append(token_id)
+            if self._stream is not None:
+                try:
+                    piece = self._stream.step(tokenizer, token_id)
+                except Exception:  # tokenizers raises a bare Exception here
+                    self._stream = None
+                else:
+                    self._emitted += piece or ""
+                    return piece
+            text = tokenizer.decode(self._ids, skip_special_tokens=self._skip)
+            if text.endswith("\ufffd"):
+                return None  # an incomplete UTF-8 sequence: wait for its next byte
+            # What was streamed cannot be taken back: send what lies past it.
+            piece = text[len(self._emitted) :]
+            self._emitted = text if len(text) > len(self._emitted) else self._emitted
+            return piece or None
+
+    tokenizers.decoders.DecodeStream = TolerantDecodeStream
 
 
 def grouped_mm_path(model) -> str:
@@ -107,6 +157,7 @@ def live_provenance(serve, model, recorder, args) -> dict:
                 "max_requests_per_batch": cb_config.max_requests_per_batch,
                 "allow_block_sharing": cb_config.allow_block_sharing,
                 "use_async_batching": cb_config.use_async_batching,
+                "use_cuda_graph": cb_config.use_cuda_graph,
                 "num_blocks": cb_config.num_blocks,
             },
             # Filled in once the first request has created the batching manager.
@@ -126,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     install_batch_layout_probe()
+    install_tolerant_decode_stream()
+    # Serve tries every processor class and hides why each failed; loading the tokenizer here
+    # first makes a broken tokenizer install fail with its own error in the server log.
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(args.model)
     serve = Serve(
         force_model=args.model,
         continuous_batching=True,
@@ -145,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     cb_config.max_requests_per_batch = args.max_num_seqs
     cb_config.allow_block_sharing = False
     cb_config.use_async_batching = False
+    cb_config.use_cuda_graph = False
     (timed_model,) = serve._model_manager.loaded_models.values()
     model = timed_model.model
     model.set_experts_implementation(args.experts_implementation)

@@ -57,19 +57,22 @@ class InstallStage(Stage):
             )
         from artifact.engines.seeded_model import build_model, fingerprint
 
-        key = hashlib.sha256(
-            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        device = ctx.profile.engine.device
+        keyed = spec.model_dump(mode="json")
+        if device != "cpu":  # weights drawn on a GPU differ from the CPU's for the same seed
+            keyed["build_device"] = device
+        key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
         target = cache_root() / "models" / f"{spec.name}-{key}"
         stamp = target / ".fingerprint.json"
         reused = False
         if target.is_dir() and stamp.is_file():
             reused = json.loads(stamp.read_text()) == fingerprint(target)
-        if not reused:
+        if reused:
+            files = json.loads(stamp.read_text())
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            files = build_model(spec, target)
+            files = build_model(spec, target, device=device)
             atomic_write_json(stamp, files)
-        files = fingerprint(target)
         record = {
             "model_dir": str(target),
             "name": spec.name,
@@ -77,6 +80,7 @@ class InstallStage(Stage):
             "seed": spec.seed,
             "dtype": spec.dtype,
             "architecture": spec.architecture,
+            "build_device": device,
             "files": files,
         }
         atomic_write_json(model_record_path(ctx), record)
