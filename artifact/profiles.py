@@ -13,7 +13,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -203,6 +203,46 @@ class Experiments(Strict):
 
 
 ExperimentName = Literal["config_sweep", "eplb_ablation", "imbalance"]
+EXPERIMENT_NAMES: tuple[str, ...] = get_args(ExperimentName)
+# Comma-separated experiment names: the serve and bench stages run only these (one Slurm job
+# per experiment sets it); unset, they run every enabled experiment.
+EXPERIMENTS_ENV = "MOE_ARTIFACT_EXPERIMENTS"
+
+
+def enabled_experiments(profile: Profile) -> list[str]:
+    """The profile's enabled experiments, in pipeline order."""
+    return [
+        name
+        for name in EXPERIMENT_NAMES
+        if (exp := getattr(profile.experiments, name)) is not None and exp.enabled
+    ]
+
+
+def selected_experiments(profile: Profile) -> list[str]:
+    """The experiments to run now: those named in $MOE_ARTIFACT_EXPERIMENTS, else all enabled.
+
+    A name that is no experiment, or one this profile lacks or disables, is an error (a job
+    that silently ran nothing would look like a finished one).
+    """
+    value = os.environ.get(EXPERIMENTS_ENV, "").strip()
+    enabled = enabled_experiments(profile)
+    if not value:
+        return enabled
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in EXPERIMENT_NAMES:
+            raise ArtifactError(
+                f"{EXPERIMENTS_ENV} names {name!r}, not an experiment; valid names: "
+                f"{', '.join(EXPERIMENT_NAMES)} (comma-separated)"
+            )
+        if name not in enabled:
+            exp = getattr(profile.experiments, name)
+            why = (getattr(exp, "skip_reason", None) or "disabled") if exp else "not configured"
+            raise ArtifactError(
+                f"{EXPERIMENTS_ENV} names {name!r}, which profile '{profile.name}' does not "
+                f"run ({why.strip()}); enabled: {', '.join(enabled) or 'none'}"
+            )
+    return [n for n in EXPERIMENT_NAMES if n in names]
 
 
 class SlurmSpec(Strict):
@@ -240,7 +280,7 @@ class Profile(Strict):
 
     @model_validator(mode="after")
     def _modes_exist(self) -> Profile:
-        for exp_name in ("config_sweep", "eplb_ablation", "imbalance"):
+        for exp_name in EXPERIMENT_NAMES:
             exp = getattr(self.experiments, exp_name)
             for mode in getattr(exp, "modes", []) if exp else []:
                 if mode not in self.modes:

@@ -6,7 +6,7 @@ import pytest
 from artifact.errors import ArtifactError
 from artifact.io import atomic_write_text
 from artifact.manifest import RunDir
-from artifact.profiles import load_profile
+from artifact.profiles import EXPERIMENTS_ENV, load_profile, selected_experiments
 from artifact.stages import Stage, StageContext, StageOutcome, run_stage
 
 
@@ -122,3 +122,75 @@ def test_corrupt_manifest_is_one_clear_error(ctx):
     ctx.run_dir.manifest_path.write_text("{not json")
     with pytest.raises(ArtifactError, match="manifest is corrupt"):
         run_stage(Producer(), ctx)
+
+
+class PerExperiment(Stage):
+    """A serve/bench-like stage: one unit per selected experiment, kept across selections."""
+
+    name = "perexp"
+    profile_sections = ("experiments",)
+    per_experiment = True
+
+    def __init__(self):
+        self.units_run = []
+
+    def clear(self, ctx, experiments):
+        if experiments is None:
+            return super().clear(ctx, None)
+        for name in experiments:
+            (ctx.stage_dir(self.name) / f"{name}.txt").unlink(missing_ok=True)
+
+    def run(self, ctx):
+        for name in selected_experiments(ctx.profile):
+            target = ctx.stage_dir(self.name) / f"{name}.txt"
+            if not target.exists():
+                self.units_run.append(name)
+                atomic_write_text(target, name)
+        return StageOutcome(summary="ran")
+
+
+class NeedsPerExperiment(Stage):
+    name = "after"
+    requires = ("perexp",)
+    per_experiment = True
+
+    def run(self, ctx):
+        return StageOutcome(summary="ran")
+
+
+def test_per_experiment_stage_runs_each_selection_once(ctx, monkeypatch):
+    stage = PerExperiment()
+    monkeypatch.setenv(EXPERIMENTS_ENV, "imbalance")
+    assert run_stage(stage, ctx) == "complete"
+    assert ctx.run_dir.record("perexp")["experiments"] == ["imbalance"]
+    assert run_stage(stage, ctx) == "skipped"
+    # The next job's experiment is not covered by the record: it runs, the first is kept.
+    monkeypatch.setenv(EXPERIMENTS_ENV, "config_sweep")
+    with pytest.raises(ArtifactError, match="needs stage 'perexp' to have run experiment"):
+        run_stage(NeedsPerExperiment(), ctx)
+    assert run_stage(stage, ctx) == "complete"
+    assert stage.units_run == ["imbalance", "config_sweep"]
+    assert ctx.run_dir.record("perexp")["experiments"] == ["config_sweep", "imbalance"]
+    assert run_stage(NeedsPerExperiment(), ctx) == "complete"
+    monkeypatch.delenv(EXPERIMENTS_ENV)
+    assert run_stage(stage, ctx) == "skipped"  # every enabled experiment is done
+    # --force with a selection redoes only the selected experiment.
+    monkeypatch.setenv(EXPERIMENTS_ENV, "imbalance")
+    ctx.force = True
+    assert run_stage(stage, ctx) == "complete"
+    assert stage.units_run == ["imbalance", "config_sweep", "imbalance"]
+    assert (ctx.stage_dir("perexp") / "config_sweep.txt").exists()
+    assert ctx.run_dir.record("perexp")["experiments"] == ["config_sweep", "imbalance"]
+
+
+def test_experiment_selection_errors_name_the_valid_choices(ctx, monkeypatch):
+    monkeypatch.setenv(EXPERIMENTS_ENV, "config_sweep, imbalance")
+    assert selected_experiments(ctx.profile) == ["config_sweep", "imbalance"]
+    monkeypatch.setenv(EXPERIMENTS_ENV, "imbalence")
+    with pytest.raises(ArtifactError, match="valid names: config_sweep, eplb_ablation, imbalance"):
+        run_stage(PerExperiment(), ctx)
+    monkeypatch.setenv(EXPERIMENTS_ENV, "eplb_ablation")
+    with pytest.raises(ArtifactError, match="does not run .*EPLB rearranges experts"):
+        selected_experiments(ctx.profile)
+    monkeypatch.delenv(EXPERIMENTS_ENV)
+    assert selected_experiments(ctx.profile) == ["config_sweep", "imbalance"]

@@ -4,6 +4,13 @@ Each stage is a module `artifact.stages.<name>` exposing `STAGE`, an instance of
 subclass. The runner owns the manifest contract: skip a stage whose record is complete and
 whose inputs and profile sections are unchanged; clear and redo it on `--force` or when they
 changed; otherwise (an interrupted run) let the stage resume at its first unfinished unit.
+
+Per-experiment stages (serve, bench) run only the experiments that
+artifact.profiles.selected_experiments chooses ($MOE_ARTIFACT_EXPERIMENTS: one Slurm job per
+experiment, all sharing a run directory). Their record lists the experiments done so far; the
+stage is up to date only when that list covers the selection, so the next job's experiment
+runs (resuming, never clearing what earlier jobs finished), and `--force` clears only the
+selected experiments' outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from artifact.console import console
 from artifact.environment import git_commit, host_info, package_versions
 from artifact.errors import ArtifactError, StageFailed
 from artifact.manifest import RunDir, now_iso
-from artifact.profiles import Profile
+from artifact.profiles import EXPERIMENT_NAMES, EXPERIMENTS_ENV, Profile, selected_experiments
 
 # The pipeline, in order. A name without a module yet is reported as not built.
 PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
@@ -57,6 +64,10 @@ class Stage:
     upstream: tuple[str, ...] = ()
     # Top-level profile sections whose change invalidates this stage's outputs.
     profile_sections: tuple[str, ...] = ()
+    # Stages that must be complete first although this stage reads none of their files.
+    requires: tuple[str, ...] = ()
+    # Runs the selected experiments only and records which are done (see the module doc).
+    per_experiment: bool = False
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         """Add stage-specific options (beyond --profile, --run-dir, --force)."""
@@ -67,6 +78,12 @@ class Stage:
 
     def run(self, ctx: StageContext) -> StageOutcome:
         raise NotImplementedError
+
+    def clear(self, ctx: StageContext, experiments: list[str] | None) -> None:
+        """Remove outputs before a redo: those of `experiments`, or all when None.
+
+        Per-experiment stages override it to keep the other experiments' outputs."""
+        shutil.rmtree(ctx.stage_dir(self.name), ignore_errors=True)
 
 
 def load_stage(name: str) -> Stage | None:
@@ -87,13 +104,22 @@ def _inputs(stage: Stage, ctx: StageContext) -> dict[str, str]:
     return inputs
 
 
-def _check_upstream(stage: Stage, ctx: StageContext) -> None:
-    for up in stage.upstream:
+def _check_upstream(stage: Stage, ctx: StageContext, selection: list[str] | None) -> None:
+    for up in (*stage.upstream, *stage.requires):
         record = ctx.run_dir.record(up)
         if not record or record.get("status") != "complete":
             raise ArtifactError(
                 f"stage '{stage.name}' needs stage '{up}' to be complete first; "
                 f"run `moe-artifact {up}` (or `nox -s {up}`)",
+                path=ctx.run_dir.manifest_path,
+            )
+        done = record.get("experiments")
+        missing = [e for e in selection or () if done is not None and e not in done]
+        if missing:
+            raise ArtifactError(
+                f"stage '{stage.name}' needs stage '{up}' to have run experiment(s) "
+                f"{', '.join(missing)} (it ran: {', '.join(done) or 'none'}); run "
+                f"`moe-artifact {up}` with {EXPERIMENTS_ENV}={','.join(missing)}",
                 path=ctx.run_dir.manifest_path,
             )
 
@@ -102,24 +128,37 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
     """Run (or skip) one stage; returns 'skipped' or 'complete'. Raises on failure."""
     run_dir = ctx.run_dir
     run_dir.set_profile(ctx.profile.name, str(ctx.profile.path) if ctx.profile.path else None)
-    _check_upstream(stage, ctx)
+    selection = selected_experiments(ctx.profile) if stage.per_experiment else None
+    _check_upstream(stage, ctx, selection)
     inputs = _inputs(stage, ctx)
     profile_hash = ctx.profile.section_hash(*stage.profile_sections)
     record = run_dir.record(stage.name) or {}
     unchanged = record.get("inputs") == inputs and record.get("profile_hash") == profile_hash
-    if record.get("status") == "complete" and unchanged and not ctx.force:
+    done = list(record.get("experiments") or [])
+    covered = selection is None or set(selection) <= set(done)
+    if record.get("status") == "complete" and unchanged and covered and not ctx.force:
+        what = f" for {', '.join(selection)}" if selection else ""
         console.print(
-            f"[green]{stage.name}[/]: up to date (completed {record.get('end')}, inputs and "
-            "profile unchanged); skipped. Use --force to redo it."
+            f"[green]{stage.name}[/]: up to date{what} (completed {record.get('end')}, inputs "
+            "and profile unchanged); skipped. Use --force to redo it."
         )
         return "skipped"
     out_dir = ctx.stage_dir(stage.name)
-    if ctx.force or (record and not unchanged):
+    if record and not unchanged:
         # Outputs made from other inputs are stale: start the stage afresh.
-        shutil.rmtree(out_dir, ignore_errors=True)
+        stage.clear(ctx, None)
+        done = []
+    elif ctx.force:
+        stage.clear(ctx, selection)
     elif record.get("status") in ("running", "failed"):
         console.print(f"[yellow]{stage.name}[/]: resuming an unfinished run")
+    elif not covered:
+        console.print(
+            f"[yellow]{stage.name}[/]: running {', '.join(selection or ())} "
+            f"(done before: {', '.join(done) or 'none'})"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
+    experiments = {} if selection is None else {"experiments": done}
     run_dir.update(
         stage.name,
         status="running",
@@ -132,6 +171,7 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         packages=package_versions(),
         git=git_commit(),
         host=host_info(),
+        **experiments,
     )
     t0 = time.perf_counter()
     try:
@@ -155,8 +195,12 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         )
         raise
     seconds = time.perf_counter() - t0
+    if selection is not None:
+        union = set(done) | set(selection)
+        experiments = {"experiments": [e for e in EXPERIMENT_NAMES if e in union]}
     run_dir.update(
         stage.name,
+        **experiments,
         status="complete",
         end=now_iso(),
         seconds=round(seconds, 3),

@@ -7,6 +7,9 @@ unit is redone from scratch):
   per unit, warm-up requests, then `repeat` measured runs on the sweep's fixed prompts;
 - imbalance: one unit per (mode, dataset); one server per mode, reused across datasets.
 
+Only the selected experiments run (artifact.profiles.selected_experiments:
+$MOE_ARTIFACT_EXPERIMENTS, else every enabled one).
+
 Per measured run: `run.repNN.json` (vLLM result schema, see artifact.benchclient) and
 `run.repNN.routing` (the routing of exactly that run's forward passes; warm-up is excluded).
 Two checks per run, both fatal when they fail, since they mean the capture is wrong:
@@ -39,7 +42,7 @@ from artifact.console import console, progress_bar
 from artifact.engines import ServerLimits, get_engine
 from artifact.errors import StageFailed
 from artifact.io import atomic_write_json, read_json
-from artifact.profiles import BenchSpec, Profile
+from artifact.profiles import BenchSpec, Profile, selected_experiments
 from artifact.profiles import Engine as EngineSpec
 from artifact.routing import layer_totals
 from artifact.stages import Stage, StageContext, StageOutcome
@@ -84,19 +87,20 @@ def chosen_datasets(metadata: dict, count: int | str) -> list[str]:
     return [files[i] for i in picks]
 
 
-def plan_units(ctx: StageContext) -> list[Unit]:
+def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
+    """The units of the named experiments."""
     profile = ctx.profile
     data_dir = ctx.stage_dir("datasets")
     units: list[Unit] = []
-    sweep = profile.experiments.config_sweep
-    if sweep is not None and sweep.enabled:
+    if "config_sweep" in experiments:
+        sweep = profile.experiments.config_sweep
         for mode in sweep.modes:
             for limits in sweep_points(profile):
                 units.append(
                     Unit("config_sweep", mode, limits, data_dir / SWEEP_PROMPTS, sweep.bench)
                 )
-    imbalance = profile.experiments.imbalance
-    if imbalance is not None and imbalance.enabled:
+    if "imbalance" in experiments:
+        imbalance = profile.experiments.imbalance
         metadata = read_json(data_dir / "metadata.json")
         limits = ServerLimits(imbalance.max_num_seqs, imbalance.max_num_batched_tokens)
         for mode in imbalance.modes:
@@ -189,11 +193,22 @@ class Replayer:
 class BenchStage(Stage):
     name = "bench"
     description = "run the config sweep and imbalance experiments, capturing routing per run"
-    upstream = ("install", "datasets", "serve")
+    # serve checked every mode first; bench reads none of its files (a later experiment's
+    # serve run adds files there and must not make this stage's earlier units stale).
+    upstream = ("install", "datasets")
+    requires = ("serve",)
     profile_sections = ("model", "engine", "modes", "experiments")
+    per_experiment = True
+
+    def clear(self, ctx: StageContext, experiments: list[str] | None) -> None:
+        if experiments is None:
+            return super().clear(ctx, None)
+        for name in experiments:
+            shutil.rmtree(ctx.stage_dir(self.name) / name, ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageOutcome:
-        units = plan_units(ctx)
+        experiments = selected_experiments(ctx.profile)
+        units = plan_units(ctx, experiments)
         if not units:
             return StageOutcome(summary="no experiment enabled in the profile")
         out = ctx.stage_dir(self.name)

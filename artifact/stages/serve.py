@@ -1,6 +1,7 @@
 """Stage `serve`: start each mode's server once, check it, record what really runs.
 
-For every mode used by an experiment: start the server at the imbalance experiment's limits,
+For every mode used by a selected experiment (all enabled ones, or those named in
+$MOE_ARTIFACT_EXPERIMENTS): start the server at the imbalance experiment's limits,
 wait for health, send one short completion (so the batching manager exists), read the
 provenance back from the live engine, compare it with the profile and stop the server.
 Writes `serve/<mode>/provenance.json` and `serve/<mode>/server.log`. A contradiction between
@@ -10,6 +11,7 @@ the profile and the provenance fails the stage and names each one.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.request
 
@@ -17,20 +19,16 @@ from artifact.console import console
 from artifact.engines import ServerLimits, get_engine
 from artifact.errors import StageFailed
 from artifact.io import atomic_write_json
+from artifact.profiles import selected_experiments
 from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.stages.install import installed_model_dir
 
 
-def experiment_modes(profile) -> list[str]:
-    """Modes used by any enabled experiment, in profile order."""
+def experiment_modes(profile, experiments: list[str]) -> list[str]:
+    """Modes used by the named experiments, in profile order."""
     used = set()
-    for exp in (
-        profile.experiments.config_sweep,
-        profile.experiments.imbalance,
-        profile.experiments.eplb_ablation,
-    ):
-        if exp is not None and exp.enabled:
-            used.update(exp.modes)
+    for name in experiments:
+        used.update(getattr(profile.experiments, name).modes)
     return [m for m in profile.modes if m in used]
 
 
@@ -65,11 +63,19 @@ class ServeStage(Stage):
     description = "start each mode's server once, check health and record its provenance"
     upstream = ("install",)
     profile_sections = ("model", "engine", "modes", "experiments")
+    per_experiment = True
+
+    def clear(self, ctx: StageContext, experiments: list[str] | None) -> None:
+        if experiments is None:
+            return super().clear(ctx, None)
+        for mode in experiment_modes(ctx.profile, experiments):
+            shutil.rmtree(ctx.stage_dir(self.name) / mode, ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         engine = get_engine(ctx.profile, installed_model_dir(ctx))
         limits = reference_limits(ctx.profile)
-        for mode in experiment_modes(ctx.profile):
+        modes = experiment_modes(ctx.profile, selected_experiments(ctx.profile))
+        for mode in modes:
             out = ctx.stage_dir(self.name) / mode
             if (out / "provenance.json").exists():
                 continue  # finished unit of an interrupted run
@@ -90,7 +96,6 @@ class ServeStage(Stage):
                 f"  {mode}: healthy in {startup_s:.1f} s, runs "
                 f"{provenance.get('experts_implementation')}"
             )
-        modes = experiment_modes(ctx.profile)
         return StageOutcome(summary=f"{len(modes)} modes served and checked: {', '.join(modes)}")
 
 
