@@ -3,6 +3,7 @@ dry run of submit.sh against a stand-in `sbatch` (no Slurm here)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -156,3 +157,43 @@ def test_submit_dry_run_with_a_stand_in_sbatch(tmp_path):
     assert "--dependency=afterany:1002" in lines[2] and "--time=08:00:00" in lines[2]
     assert lines[3].endswith("finish.sbatch") and "--dependency=afterany:1003" in lines[3]
     assert all("--account=m0000" in line for line in lines)
+
+
+def test_install_script_makes_the_venv_then_runs_the_install_stage(tmp_path):
+    """install.sh with a stand-in venv python (pip calls recorded, the rest run for real) and
+    the stand-in podman-hpc: the install stage builds, migrates and downloads."""
+    from standins import install
+
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "podman-hpc")
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    pip_calls = tmp_path / "pip-calls"
+    python = venv / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ $1 == -m && $2 == pip ]]; then echo "$*" >> "{pip_calls}"; exit 0; fi\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    run_dir = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SCRATCH": str(tmp_path / "scratch"),
+        "MOE_ARTIFACT_VENV": str(venv.parent),
+        "MOE_ARTIFACT_RUN_DIR": str(run_dir),
+        "FAKE_PODMAN_STATE": str(tmp_path / "images.json"),
+        "FAKE_PODMAN_CALLS": str(tmp_path / "podman-calls"),
+        "HF_TOKEN": "hf_test_token_value",
+        "PYTHONPATH": str(REPO),
+    }
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "install.sh")], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"-m pip install --quiet -e {REPO}[hpc] nox" in pip_calls.read_text()
+    model = json.loads((run_dir / "install" / "model.json").read_text())
+    assert model["model_dir"].startswith(str(tmp_path / "scratch" / "moe-artifact" / "hf"))
+    podman = (tmp_path / "podman-calls").read_text()
+    assert podman.count('"migrate"') == 2 and "hf_test_token_value" not in podman + result.stderr

@@ -5,6 +5,10 @@ tokenizer, into the cache (`$MOE_ARTIFACT_CACHE`, default ~/.cache/moe-artifact/
 keyed by the hash of the model section, so run directories share it; rebuilt when missing or
 when its files no longer match the recorded fingerprint. Writes `install/model.json`:
 where the model is, its spec and the sha256 of each file.
+
+Hub models (`perlmutter`): the vLLM images and the weights in the Hugging Face cache, see
+artifact.hpc_install; `install/model.json` names the cached snapshot, `install/images.json`
+what each image holds.
 """
 
 from __future__ import annotations
@@ -44,17 +48,17 @@ def installed_model_dir(ctx: StageContext) -> Path:
 class InstallStage(Stage):
     name = "install"
     description = "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)"
-    profile_sections = ("model", "engine")
+    # modes: a mode may name its own image and vLLM build
+    profile_sections = ("model", "engine", "modes")
 
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = ctx.profile.model
-        if spec.source != "seeded":
-            raise ArtifactError(
-                "installing hub models and container images is done by the perlmutter "
-                "install path, which this build does not include yet",
-                path=ctx.profile.path,
-                where="field 'model.source'",
-            )
+        if spec.source == "hub":
+            from artifact.hpc_install import install_hub
+
+            record, summary = install_hub(ctx.profile, ctx.stage_dir(self.name))
+            atomic_write_json(model_record_path(ctx), record)
+            return StageOutcome(summary=summary)
         from artifact.engines.seeded_model import build_model, fingerprint
 
         device = ctx.profile.engine.device

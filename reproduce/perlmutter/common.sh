@@ -11,12 +11,7 @@ SCRATCH_ROOT=${MOE_ARTIFACT_SCRATCH:-${SCRATCH:?SCRATCH is not set (run on Perlm
 RUN_DIR=${MOE_ARTIFACT_RUN_DIR:-$SCRATCH_ROOT/runs/$PROFILE}
 HOST_VENV=${MOE_ARTIFACT_VENV:-$SCRATCH_ROOT/venv}
 export HF_HOME=${HF_HOME_OVERRIDE:-$SCRATCH_ROOT/hf}
-# Images: the sweep's build and the EPLB ablation's (Mixtral has EPLB only from 0.11.0).
-VLLM_REF_MAIN=${VLLM_REF_MAIN:-2f13319f47eb9a78b471c5ced0fcf90862cd16a2}
-VLLM_REF_EPLB=${VLLM_REF_EPLB:-v0.11.0}
-IMAGE_MAIN=${IMAGE_MAIN:-moe-artifact-vllm:2f13319f}
-IMAGE_EPLB=${IMAGE_EPLB:-moe-artifact-vllm:v0.11.0}
-MODEL_ID=${MODEL_ID:-mistralai/Mixtral-8x7B-v0.1}
+# Images, vLLM builds and the model come from the profile (the install stage reads them).
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
