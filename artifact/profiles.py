@@ -112,7 +112,9 @@ class Mode(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
     # vLLM only: EPLB tuning, the MoE kernel the mode claims (checked against the server's
-    # log), another image / vLLM build than the engine's, and running under `nsys profile`.
+    # log), another image / vLLM build than the engine's, and kernel traces: `nsys: true`
+    # adds to each of the mode's bench units one profiled pass on a server of its own under
+    # `nsys profile`, after the timed runs (profiling perturbs timing: timed runs never use it).
     eplb: EplbSettings | None = None
     moe_kernel: Literal["triton_fused_moe", "flashinfer_cutlass_moe"] | None = None
     image: str | None = None
@@ -173,7 +175,9 @@ class EplbAblation(Strict):
     modes: list[str] = Field(default_factory=list)
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 8192
+    # Prompts of datasets/eplb_prompts.jsonl (drawn like the sweep's, another seed stream).
     prompts: int = Field(50, ge=1)
+    # One profiled pass per mode (its own server under `nsys profile`) after the timed runs.
     nsys: bool = False
     bench: BenchSpec = Field(default_factory=BenchSpec)
 
@@ -288,6 +292,15 @@ class Profile(Strict):
                         f"experiments.{exp_name}.modes names '{mode}', "
                         f"not one of the profile's modes: {sorted(self.modes)}"
                     )
+        ablation = self.experiments.eplb_ablation
+        profiled = [f"modes.{n}.nsys" for n, m in self.modes.items() if m.nsys]
+        if ablation is not None and ablation.nsys:
+            profiled.append("experiments.eplb_ablation.nsys")
+        if profiled and self.engine.kind != "vllm":
+            raise ValueError(
+                f"{', '.join(profiled)}: nsys kernel traces need engine.kind vllm "
+                f"(the {self.engine.kind} engine cannot run under nsys profile)"
+            )
         return self
 
     # Where it came from and its content hash; set by load_profile, not part of the YAML.

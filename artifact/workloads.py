@@ -130,15 +130,20 @@ def build(spec: Spec, n: int) -> list[dict]:
     ]
 
 
-def sweep_prompts(n: int, seed: int) -> list[dict]:
-    """Fixed prompts for the config sweep: mixed domains, each wrapped in a template of
-    rising length (so prompt lengths vary from a few to about a hundred tokens)."""
+# Fixed prompt sets and their seed streams: the config sweep's, the EPLB ablation's.
+FIXED_PROMPT_STREAMS = {"sweep": 1, "eplb": 2}
+
+
+def fixed_prompts(n: int, seed: int, name: str = "sweep") -> list[dict]:
+    """A fixed prompt set (`sweep` or `eplb`): mixed domains, each wrapped in a template of
+    rising length (so prompt lengths vary from a few to about a hundred tokens); each set
+    draws from its own seed stream, ids `<name>_<i>`."""
     corpus = load_corpus()
     domains = sorted(corpus)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, FIXED_PROMPT_STREAMS[name]]))
     pairs = _draw(rng, corpus, domains, np.ones(len(domains)), n)
     return [
-        {"id": f"sweep_{i}", "text": TEMPLATES[i % len(TEMPLATES)].format(q=q), "category": d}
+        {"id": f"{name}_{i}", "text": TEMPLATES[i % len(TEMPLATES)].format(q=q), "category": d}
         for i, (d, q) in enumerate(pairs)
     ]
 

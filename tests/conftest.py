@@ -44,3 +44,22 @@ def write_profile(tmp_path, local_profile_raw):
         return path
 
     return _write
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch) -> Path:
+    """The perlmutter profile, launcher bare, against the stand-in `vllm` (tests/standins.py)
+    on PATH; returns the profile's path."""
+    from standins import install
+
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "vllm")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    raw = yaml.safe_load((REPO / "reproduce" / "profiles" / "perlmutter.yaml").read_text())
+    raw["engine"].update(launcher="bare", startup_timeout_s=30)
+    raw["engine"].pop("hf_home")
+    raw["modes"]["all2all-eplb"].pop("image")
+    path = tmp_path / "profiles" / "perlmutter.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path

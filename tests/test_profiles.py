@@ -50,6 +50,13 @@ def test_experiment_mode_must_exist(write_profile, local_profile_raw):
         load_profile(path)
 
 
+def test_nsys_traces_need_the_vllm_engine(write_profile, local_profile_raw):
+    modes = dict(local_profile_raw["modes"])
+    modes["eager"] = dict(modes["eager"], nsys=True)
+    with pytest.raises(ArtifactError, match="modes.eager.nsys: nsys kernel traces need engine"):
+        load_profile(write_profile({"modes": modes}))
+
+
 def test_name_must_match_file_and_missing_profile(write_profile, tmp_path):
     path = write_profile({"name": "other"})
     with pytest.raises(ArtifactError, match="name is 'other' but the file is local.yaml"):

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from standins import install
 
 from artifact.engines import ServerLimits, get_engine
 from artifact.engines.vllm_engine import VllmEngine, flag_names, surface_key
 from artifact.errors import ArtifactError, StageFailed
+from artifact.nsys import read_kernel_summary
 from artifact.profiles import load_profile, profile_dir
-from artifact.routing import RoutingHeader, RoutingLog, RoutingWriter
+from artifact.routing import RoutingHeader, RoutingLog, RoutingWriter, layer_totals
+from artifact.stages.serve import smoke_completion
 from artifact.vllm_plugin.cli_surface import ENV, FLAGS
 
 LIMITS = ServerLimits(32, 8192)
@@ -197,101 +197,7 @@ def test_apptainer_and_bare_and_nsys(tmp_path, monkeypatch):
         eng.command(eng.profile.modes["baseline"], LIMITS, 1)
 
 
-# --- a stand-in `vllm` executable --------------------------------------------------------
-
-FAKE_VLLM = r"""
-import http.server, json, os, signal, sys, threading, time
-from pathlib import Path
-sys.path.insert(0, os.environ["ARTIFACT_ROOT"])
-from artifact.routing import RoutingHeader, RoutingWriter
-argv = sys.argv[1:]
-assert argv[0] == "serve"
-def opt(name, default=None):
-    return argv[argv.index(name) + 1] if name in argv else default
-tp, dp = int(opt("--tensor-parallel-size", 1)), int(opt("--data-parallel-size", 1))
-ep = "--enable-expert-parallel" in argv
-version = os.environ.get("FAKE_VLLM_VERSION", "0.10.1rc2.dev263+g2f13319f4")
-args = {"model": argv[1], "host": opt("--host"), "max_model_len": int(opt("--max-model-len")),
-        "enforce_eager": True, "tensor_parallel_size": tp, "data_parallel_size": dp,
-        "enable_expert_parallel": ep, "max_num_seqs": int(opt("--max-num-seqs")),
-        "max_num_batched_tokens": int(opt("--max-num-batched-tokens"))}
-args = {k: v for k, v in args.items() if v is True or (v is not False and v != 1)}
-say = lambda s: print(s, flush=True)
-say(f"(APIServer pid=1) INFO 01-01 00:00:00 [api_server.py:1] vLLM API server version {version}")
-say(f"(APIServer pid=1) INFO 01-01 00:00:00 [utils.py:1] non-default args: {args!r}")
-for r in range(tp * dp):
-    d, t = (r, 0) if dp > 1 else (0, r)
-    say(f"(Worker pid={10 + r}) INFO 01-01 00:00:01 [parallel_state.py:1] rank {r} in world "
-        f"size {tp * dp} is assigned as DP rank {d}, PP rank 0, TP rank {t}, EP rank {r}")
-    if ep and dp > 1:
-        say(f"(Worker pid={10 + r}) INFO 01-01 00:00:01 [cuda_communicator.py:1] Using "
-            f"{os.environ.get('FAKE_MANAGER', 'naive')} all2all manager.")
-    e, n = (2, 14336) if ep else (8, 3584)
-    say(f"(Worker pid={10 + r}) INFO 01-01 00:00:02 [fused_moe.py:1] Using configuration from "
-        f"/v/E={e},N={n},device_name=NVIDIA_A100-SXM4-40GB.json for MoE layer.")
-if os.environ.get("FAKE_DIE"):
-    say("(APIServer pid=1) ERROR 01-01 00:00:02 [core.py:1] CUDA out of memory (fake)")
-    sys.exit(3)
-control = Path(os.environ["MOE_ARTIFACT_ROUTING_CONTROL"])
-def capture():
-    seen, writers = None, []
-    while True:
-        time.sleep(0.05)
-        try:
-            c = json.loads(control.read_text())
-        except Exception:
-            continue
-        if c.get("serial") == seen:
-            continue
-        seen = c.get("serial")
-        for w in writers:
-            w.close()
-            Path(str(w.path) + ".done").write_text(json.dumps({"steps": 1}))
-        writers = []
-        if c.get("path"):
-            for r in range(dp):
-                h = RoutingHeader(num_experts=8, top_k=2, num_layers=2, rank=r, world_size=dp,
-                                  layer_names=("l0", "l1"), expert_map=(2 * r, 2 * r + 1),
-                                  meta=c.get("meta"))
-                w = RoutingWriter(c["path"] + f".rank{r}", h)
-                import numpy as np
-                counts = np.zeros(8, dtype=np.int32); counts[2 * r] = 6
-                w.write_step([(0, 0, 0, 3, counts), (0, 1, 0, 3, counts)])
-                writers.append(w)
-threading.Thread(target=capture, daemon=True).start()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
-        self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a):
-        say(f'(APIServer pid=1) INFO:     127.0.0.1:1 - "GET {self.path} HTTP/1.1" 200 OK')
-srv = http.server.HTTPServer((opt("--host"), int(opt("--port"))), H)
-def stop(*_):
-    say("(APIServer pid=1) INFO 01-01 00:00:09 [launcher.py:1] Shutting down FastAPI HTTP server.")
-    os._exit(0)
-signal.signal(signal.SIGTERM, stop)
-time.sleep(0.3)
-say(f"(APIServer pid=1) INFO 01-01 00:00:03 [api_server.py:1] Starting vLLM API server 0 on "
-    f"http://{opt('--host')}:{opt('--port')}")
-say("(APIServer pid=1) INFO:     Application startup complete.")
-srv.serve_forever()
-"""
-
-
-@pytest.fixture
-def fake_vllm(tmp_path, monkeypatch) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "vllm"
-    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_VLLM))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("ARTIFACT_ROOT", str(Path(__file__).resolve().parent.parent))
-    raw = perlmutter_raw()
-    raw["engine"].update(launcher="bare", startup_timeout_s=30)
-    raw["engine"].pop("hf_home")
-    raw["modes"]["all2all-eplb"].pop("image")
-    return write_profile(tmp_path, raw)
+# --- against the stand-in `vllm` (tests/standins.py; the fixture `fake_vllm` is in conftest) --
 
 
 def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
@@ -309,11 +215,13 @@ def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
         assert eng.check_provenance("all2all", LIMITS, prov) == []
         problems = eng.check_provenance("all2all", ServerLimits(8, 2048), prov)
         assert any("max-num-seqs: claimed 8" in p for p in problems)
-        # routing capture: four DP ranks, merged into one file
+        # routing capture: four requests on four DP ranks, merged into one file
         routing = run / "bench" / "all2all" / "run.rep00.routing"
         server.start_routing(routing, meta={"unit": "u"})
+        for _ in range(4):
+            assert smoke_completion(server.base_url, server.model_id)["usage"]["prompt_tokens"] == 1
         stats = server.stop_routing(timeout_s=20)
-        assert stats["ranks"] == 4 and stats["tokens"]["prefill"] == 12
+        assert stats["ranks"] == 4 and stats["tokens"] == {"prefill": 4, "decode": 4, "unknown": 0}
         merged = RoutingLog(routing)
         records = merged.read_all()
         assert sorted(set(records["rank"].tolist())) == [0, 1, 2, 3]
@@ -324,9 +232,7 @@ def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
             [4, 5],
             [6, 7],
         ]
-        assert records[records["layer"] == 0]["counts"].sum(axis=0).tolist() == [
-            6, 0, 6, 0, 6, 0, 6, 0,
-        ]  # fmt: skip
+        assert layer_totals(routing).sum(axis=1).tolist() == [2 * 8, 2 * 8]  # top-2
         assert not list(routing.parent.glob("*.rank*"))
     assert not server.alive()
     assert server.process.returncode == 0
@@ -338,6 +244,7 @@ def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
 def test_provenance_mismatch_of_a_live_server(tmp_path, fake_vllm, monkeypatch):
     monkeypatch.setenv("FAKE_MANAGER", "AllGather-ReduceScatter")
     monkeypatch.setenv("FAKE_VLLM_VERSION", "0.11.0")
+    monkeypatch.setenv("FAKE_EPLB_OFF", "1")  # --enable-eplb accepted, nothing enabled
     eng = get_engine(load_profile(fake_vllm), Path("/m"))
     with eng.start("all2all-eplb", LIMITS, tmp_path / "s" / "server.log") as server:
         problems = eng.check_provenance("all2all-eplb", LIMITS, server.provenance())
@@ -381,21 +288,19 @@ def test_profile_slurm_and_mode_fields_are_validated(tmp_path):
         load_profile(write_profile(tmp_path, raw))
 
 
-def test_a_mode_that_asks_for_nsys_runs_under_it(tmp_path, fake_vllm, monkeypatch):
-    bin_dir = Path(os.environ["PATH"].split(os.pathsep)[0])
-    nsys = bin_dir / "nsys"
-    nsys.write_text(
-        "#!/usr/bin/env bash\n"
-        'out=""; while [[ $1 != vllm ]]; do [[ $1 == --output ]] && out=$2; shift; done\n'
-        'echo "fake nsys report" > "$out"; exec "$@"\n'
-    )
-    nsys.chmod(nsys.stat().st_mode | stat.S_IEXEC)
+def test_nsys_runs_only_when_asked_and_writes_its_report_at_stop(tmp_path, fake_vllm):
+    """A mode's `nsys: true` never puts its (timed) servers under nsys; `nsys_report` does,
+    and the report exists once the server has stopped."""
+    install(Path(os.environ["PATH"].split(os.pathsep)[0]), "nsys")
     raw = yaml.safe_load(fake_vllm.read_text())
     raw["modes"]["baseline"]["nsys"] = True
     fake_vllm.write_text(yaml.safe_dump(raw))
     eng = get_engine(load_profile(fake_vllm), Path("/m"))
-    log = tmp_path / "s" / "server.log"
-    with eng.start("baseline", LIMITS, log) as server:
-        assert server.nsys_report == log.with_name("server.nsys-rep")
+    with eng.start("baseline", LIMITS, tmp_path / "t" / "server.log") as server:
+        assert server.nsys_report is None
+        assert server.provenance()["launch"]["argv"][:2] == ["vllm", "serve"]
+    report = tmp_path / "p" / "server.nsys-rep"
+    with eng.start("baseline", LIMITS, tmp_path / "p" / "server.log", nsys_report=report) as server:
         assert server.provenance()["launch"]["argv"][:2] == ["nsys", "profile"]
-    assert log.with_name("server.nsys-rep").read_text() == "fake nsys report\n"
+        assert not report.exists()  # nsys writes it when the profiled process ends
+    assert read_kernel_summary(report)[0].name == "fused_moe_kernel"

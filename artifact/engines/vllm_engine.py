@@ -16,7 +16,9 @@ repetitions resend the same prompts; the original study ran each configuration o
 the default prefix cache on), and binds 127.0.0.1. Launchers: `bare` (the `vllm` on
 PATH), `podman-hpc` (`podman-hpc run --gpu --net host`, shared memory, the Hugging Face
 cache, the run directory and any profile mounts bound at the same paths) and `apptainer`
-(`apptainer exec --nv --cleanenv`). A mode (or the caller) can ask for `nsys profile`.
+(`apptainer exec --nv --cleanenv`). `start(..., nsys_report=PATH)` runs the server under
+`nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
+servers run under nsys).
 
 The log is kept: its first line (`moe-artifact launch: {...}`) records launcher, image,
 build, the command and the VLLM_* environment (never a token); `provenance()` parses the
@@ -480,8 +482,6 @@ class VllmEngine(Engine):
         port = free_port(engine.host)
         log_path = Path(log_path).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        if nsys_report is None and mode.nsys:
-            nsys_report = log_path.with_name("server.nsys-rep")
         container = None
         if engine.launcher == "podman-hpc":
             container = f"moe-artifact-{os.getpid()}-{port}"

@@ -5,7 +5,14 @@ unit is redone from scratch):
 
 - config sweep: one unit per (mode, max-num-seqs, max-num-batched-tokens); one server start
   per unit, warm-up requests, then `repeat` measured runs on the sweep's fixed prompts;
-- imbalance: one unit per (mode, dataset); one server per mode, reused across datasets.
+- EPLB ablation: one unit per mode (`bench/eplb_ablation/<mode>/`), its own server, the
+  same for the ablation's fixed prompts (`datasets/eplb_prompts.jsonl`);
+- imbalance: one unit per (mode, dataset); one server per mode, reused across datasets;
+- profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
+  all timed units, one pass of each such unit's prompts on a server of its own run under
+  `nsys profile` (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`, marker
+  `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
+  runs, and the timed servers never run under nsys (profiling perturbs timing).
 
 Only the selected experiments run (artifact.profiles.selected_experiments:
 $MOE_ARTIFACT_EXPERIMENTS, else every enabled one).
@@ -39,33 +46,54 @@ from artifact.benchclient import (
     write_result,
 )
 from artifact.console import console, progress_bar
-from artifact.engines import ServerLimits, get_engine
+from artifact.engines import ServerLimits, get_engine, log_tail
 from artifact.errors import StageFailed
 from artifact.io import atomic_write_json, read_json
 from artifact.profiles import BenchSpec, Profile, selected_experiments
 from artifact.profiles import Engine as EngineSpec
 from artifact.routing import layer_totals
 from artifact.stages import Stage, StageContext, StageOutcome
-from artifact.stages.datasets import SWEEP_PROMPTS
+from artifact.stages.datasets import EPLB_PROMPTS, SWEEP_PROMPTS
 from artifact.stages.install import installed_model_dir
 from artifact.stages.serve import check_provenance
 
 RUN_LABEL = "run"  # result files are run.repNN.json, routing logs run.repNN.routing
+PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
+PROFILE_DIR = "profile"  # the profiled pass's folder inside its timed unit's
+NSYS_REPORT = "server.nsys-rep"
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    experiment: str  # config_sweep | imbalance
+    experiment: str  # config_sweep | eplb_ablation | imbalance
     mode: str
     limits: ServerLimits
     prompts_file: Path
     bench: BenchSpec
     dataset: str | None = None  # imbalance: the dataset's file stem
+    profiled: bool = False  # the nsys pass after the timed unit of the same fields
 
     @property
     def key(self) -> str:
-        tail = self.dataset if self.dataset else self.limits.label
-        return f"{self.experiment}/{self.mode}/{tail}"
+        tail = {"config_sweep": self.limits.label, "imbalance": self.dataset}.get(self.experiment)
+        key = "/".join(part for part in (self.experiment, self.mode, tail) if part)
+        return f"{key}/{PROFILE_DIR}" if self.profiled else key
+
+    def identity(self) -> dict:
+        """What a unit's marker file records about it."""
+        return {
+            "experiment": self.experiment,
+            "mode": self.mode,
+            "dataset": self.dataset,
+            "max_num_seqs": self.limits.max_num_seqs,
+            "max_num_batched_tokens": self.limits.max_num_batched_tokens,
+            "prompts": self.prompts_file.name,
+        }
+
+    @property
+    def marker(self) -> str:
+        """The file that says the unit is done (a profiled pass has no measured runs)."""
+        return "profile.json" if self.profiled else "unit.json"
 
 
 def sweep_points(profile: Profile) -> list[ServerLimits]:
@@ -88,7 +116,7 @@ def chosen_datasets(metadata: dict, count: int | str) -> list[str]:
 
 
 def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
-    """The units of the named experiments."""
+    """The units of the named experiments: timed units, then the profiled passes."""
     profile = ctx.profile
     data_dir = ctx.stage_dir("datasets")
     units: list[Unit] = []
@@ -99,6 +127,13 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
                 units.append(
                     Unit("config_sweep", mode, limits, data_dir / SWEEP_PROMPTS, sweep.bench)
                 )
+    ablation = profile.experiments.eplb_ablation
+    if "eplb_ablation" in experiments:
+        limits = ServerLimits(ablation.max_num_seqs, ablation.max_num_batched_tokens)
+        for mode in ablation.modes:
+            units.append(
+                Unit("eplb_ablation", mode, limits, data_dir / EPLB_PROMPTS, ablation.bench)
+            )
     if "imbalance" in experiments:
         imbalance = profile.experiments.imbalance
         metadata = read_json(data_dir / "metadata.json")
@@ -115,7 +150,12 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
                         dataset=Path(name).stem,
                     )
                 )
-    return units
+    profiled = [
+        dataclasses.replace(u, profiled=True)
+        for u in units
+        if profile.modes[u.mode].nsys or (u.experiment == "eplb_ablation" and ablation.nsys)
+    ]
+    return units + profiled
 
 
 def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
@@ -131,6 +171,20 @@ def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
         request_timeout_s=spec.request_timeout_s,
         metric_percentiles=tuple(spec.metric_percentiles),
     )
+
+
+def server_info(unit: Unit, provenance: dict) -> dict:
+    """What a result file records about the server and the unit it measured."""
+    return {
+        "engine": provenance.get("engine"),
+        "engine_version": (provenance.get("versions") or {}).get(provenance.get("engine")),
+        "mode": unit.mode,
+        "max_num_seqs": unit.limits.max_num_seqs,
+        "max_num_batched_tokens": unit.limits.max_num_batched_tokens,
+        "experts_implementation": provenance.get("experts_implementation"),
+        "experiment": unit.experiment,
+        "dataset": unit.dataset,
+    }
 
 
 def check_routing_totals(routing: Path, result: dict, top_k: int) -> dict:
@@ -192,7 +246,7 @@ class Replayer:
 
 class BenchStage(Stage):
     name = "bench"
-    description = "run the config sweep and imbalance experiments, capturing routing per run"
+    description = "run the experiments (sweep, EPLB ablation, imbalance), capturing routing"
     # serve checked every mode first; bench reads none of its files (a later experiment's
     # serve run adds files there and must not make this stage's earlier units stale).
     upstream = ("install", "datasets")
@@ -218,18 +272,26 @@ class BenchStage(Stage):
             replayer = Replayer(
                 engine.model_dir, out / "replay", ctx.profile.engine, ctx.profile.model.dtype
             )
-        todo = [u for u in units if not (out / u.key / "unit.json").exists()]
+        todo = [u for u in units if not (out / u.key / u.marker).exists()]
         if len(todo) < len(units):
             console.print(
                 f"  bench: {len(units) - len(todo)} of {len(units)} units already done, resuming"
             )
         server, server_key = None, None
-        runs = 0
+        runs = profiles = 0
         try:
             with progress_bar() as bar:
                 task = bar.add_task("bench units", total=len(todo))
                 for unit in todo:
-                    # Imbalance units of one mode share a server; sweep units get their own.
+                    if unit.profiled:
+                        if server is not None:
+                            server.stop()
+                            server = None
+                        self._profile_unit(engine, unit, out / unit.key)
+                        profiles += 1
+                        bar.advance(task)
+                        continue
+                    # Imbalance units of one mode share a server; the others get their own.
                     key = (
                         unit.experiment,
                         unit.mode,
@@ -254,9 +316,60 @@ class BenchStage(Stage):
         finally:
             if server is not None:
                 server.stop()
+        profiled = f", {profiles} profiled passes under nsys" if profiles else ""
         return StageOutcome(
-            summary=f"{len(units)} units ({len(todo)} run now, {runs} measured runs), "
-            "routing checked against token totals and offline replay"
+            summary=f"{', '.join(experiments)}: {len(units)} units ({len(todo)} run now, "
+            f"{runs} measured runs{profiled}), routing checked against token totals"
+            + (" and offline replay" if replayer is not None else "")
+        )
+
+    def _profile_unit(self, engine, unit: Unit, unit_dir: Path) -> None:
+        """One pass of the unit's prompts on its own server under `nsys profile`.
+
+        The report is written when the profiled server exits, so the server is stopped
+        gracefully before the report is looked for."""
+        shutil.rmtree(unit_dir, ignore_errors=True)  # partial output of an interrupted pass
+        report = unit_dir / NSYS_REPORT
+        log = unit_dir / "server.log"
+        prompts = load_prompts(unit.prompts_file)
+        server = engine.start(unit.mode, unit.limits, log, nsys_report=report)
+        try:
+            capabilities = self._warm_up(server, unit)
+            provenance = server.provenance()
+            check_provenance(engine, unit.mode, unit.limits, provenance)
+            result = asyncio.run(
+                run_benchmark(
+                    bench_config(server.base_url, server.model_id, unit.bench),
+                    prompts,
+                    label=PROFILE_LABEL,
+                    server_info={**server_info(unit, provenance), "nsys_report": NSYS_REPORT},
+                    capabilities=capabilities,
+                )
+            )
+            server.check_alive(f"{unit.key} (profiled pass)")
+        finally:
+            code = server.stop()
+        if not report.is_file():
+            raise StageFailed(
+                f"{report}: no nsys report after the profiled server stopped (exit code "
+                f"{code}); last lines of {log}:\n{log_tail(log)}"
+            )
+        path = write_result(result, unit_dir)
+        completed = read_json(path)["completed"]
+        if completed != len(prompts):
+            raise StageFailed(
+                f"{path}: only {completed} of {len(prompts)} profiled requests completed"
+            )
+        atomic_write_json(unit_dir / "provenance.json", provenance)
+        atomic_write_json(
+            unit_dir / unit.marker,
+            {
+                **unit.identity(),
+                "report": NSYS_REPORT,
+                "report_bytes": report.stat().st_size,
+                "result": path.name,
+                "completed": completed,
+            },
         )
 
     def _warm_up(self, server, unit: Unit) -> ServerCapabilities:
@@ -298,16 +411,7 @@ class BenchStage(Stage):
         unit_dir.mkdir(parents=True, exist_ok=True)
         prompts = load_prompts(unit.prompts_file)
         config = bench_config(server.base_url, server.model_id, unit.bench)
-        server_info = {
-            "engine": provenance.get("engine"),
-            "engine_version": provenance.get("versions", {}).get("transformers"),
-            "mode": unit.mode,
-            "max_num_seqs": unit.limits.max_num_seqs,
-            "max_num_batched_tokens": unit.limits.max_num_batched_tokens,
-            "experts_implementation": provenance.get("experts_implementation"),
-            "experiment": unit.experiment,
-            "dataset": unit.dataset,
-        }
+        info = server_info(unit, provenance)
         runs = []
         for rep in range(unit.bench.repeat):
             routing = (unit_dir / result_filename(RUN_LABEL, rep)).with_suffix(".routing")
@@ -319,7 +423,7 @@ class BenchStage(Stage):
                         prompts,
                         label=RUN_LABEL,
                         repetition=rep,
-                        server_info=server_info,
+                        server_info=info,
                         capabilities=capabilities,
                     )
                 )
@@ -372,12 +476,7 @@ class BenchStage(Stage):
         atomic_write_json(
             unit_dir / "unit.json",
             {
-                "experiment": unit.experiment,
-                "mode": unit.mode,
-                "dataset": unit.dataset,
-                "max_num_seqs": unit.limits.max_num_seqs,
-                "max_num_batched_tokens": unit.limits.max_num_batched_tokens,
-                "prompts": unit.prompts_file.name,
+                **unit.identity(),
                 "runs": runs,
             },
         )

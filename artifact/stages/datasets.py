@@ -2,8 +2,10 @@
 
 Writes `datasets/NNN_<score>.jsonl` (`{"id","text","category"}` per line, NNN in ascending
 score order), `datasets/metadata.json` (seed, strategy, score, components, raw metrics and
-content hash of each file) and `datasets/sweep_prompts.jsonl` (the config sweep's fixed
-prompts). Deterministic: the same seed gives byte-identical files.
+content hash of each file), `datasets/sweep_prompts.jsonl` (the config sweep's fixed
+prompts) and `datasets/eplb_prompts.jsonl` (the EPLB ablation's `prompts` fixed prompts,
+drawn the same way from another seed stream). Deterministic: the same seed gives
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from artifact.io import atomic_write_json, atomic_write_text, sha256_bytes, sha2
 from artifact.predictor import FEATURE_WEIGHTS, ImbalancePredictor
 from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.tokenizer import tokenizer_path
-from artifact.workloads import CORPUS_FILE, build, candidate_pool, select_even, sweep_prompts
+from artifact.workloads import CORPUS_FILE, build, candidate_pool, fixed_prompts, select_even
 
 GENERATOR_VERSION = 1
 SWEEP_PROMPTS = "sweep_prompts.jsonl"
+EPLB_PROMPTS = "eplb_prompts.jsonl"
 
 
 def dataset_filename(index: int, score: float) -> str:
@@ -41,7 +44,7 @@ def to_jsonl(prompts: list[dict]) -> str:
 class DatasetsStage(Stage):
     name = "datasets"
     description = "generate the workload datasets and their predicted imbalance scores"
-    # experiments: the config sweep's prompt count sizes sweep_prompts.jsonl
+    # experiments: the sweep's and the ablation's prompt counts size their prompt files
     profile_sections = ("datasets", "experiments")
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
@@ -113,11 +116,15 @@ class DatasetsStage(Stage):
             "datasets": entries,
         }
         atomic_write_json(out / "metadata.json", metadata)
-        sweep = ctx.profile.experiments.config_sweep
-        if sweep is not None and sweep.enabled:
-            atomic_write_text(
-                out / SWEEP_PROMPTS, to_jsonl(sweep_prompts(sweep.prompts, spec.seed))
-            )
+        experiments = ctx.profile.experiments
+        for exp, filename, name in (
+            (experiments.config_sweep, SWEEP_PROMPTS, "sweep"),
+            (experiments.eplb_ablation, EPLB_PROMPTS, "eplb"),
+        ):
+            if exp is not None and exp.enabled:
+                atomic_write_text(
+                    out / filename, to_jsonl(fixed_prompts(exp.prompts, spec.seed, name))
+                )
         return StageOutcome(
             summary=(
                 f"{len(entries)} datasets of {spec.prompts_per_dataset} prompts, scores "
