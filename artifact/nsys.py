@@ -1,4 +1,4 @@
-"""`nsys stats` CUDA GPU kernel summaries: parse, summarize per run, compare two runs.
+"""`nsys stats` CUDA GPU kernel summaries: export, parse, summarize per run, compare two runs.
 
 Input: the CSV of the `cuda_gpu_kern_sum` report (older nsys: `gpukernsum`), in either form
 nsys writes:
@@ -23,6 +23,9 @@ the first blank line. Kernels are grouped by name:
   `reshape_and_cache_flash` KV-cache write).
 
 Percentages are recomputed from the totals; the file's own Time column is rounded to 0.1%.
+
+`export_kernel_summary` runs `nsys stats` on a report (the newer report name first, then the
+older); `eplb_table` is the EPLB off/on table of both the study's CSVs and our own reports.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import csv
 import json
 import math
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifact.errors import ArtifactError
+from artifact.errors import ArtifactError, StageFailed
 
 UNIT_NS = {"ns": 1.0, "us": 1e3, "μs": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}
 # Header names (lower case, spaces and units removed) -> field.
@@ -369,6 +374,71 @@ def compare(a: dict, b: dict) -> list[dict]:
             }
         )
     return out
+
+
+def eplb_table(summaries: list[tuple[Path, str]], root: Path | None = None) -> dict:
+    """{runs, comparison} of two kernel summary CSVs [(path, label)], EPLB off first.
+
+    Each run is a `summarize` summary (source: the path relative to `root`, else its name)
+    with the FlashInfer kernels it ran; the comparison is the second relative to the first."""
+    runs = []
+    for path, label in summaries:
+        kernels = read_kernel_summary(path)
+        source = path.relative_to(root).as_posix() if root else path.name
+        summary = summarize(kernels, label=label, source=source)
+        flashinfer = [k for k in kernels if "flashinfer" in k.name.lower()]
+        summary["flashinfer_kernel_instances"] = sum(k.instances for k in flashinfer)
+        summary["flashinfer_kernels"] = sorted(k.name for k in flashinfer)
+        runs.append(summary)
+    return {"runs": runs, "comparison": compare(runs[0], runs[1])}
+
+
+# `nsys stats` report names of the CUDA GPU kernel summary: newer nsys, then older.
+KERNEL_REPORTS = ("cuda_gpu_kern_sum", "gpukernsum")
+
+
+def nsys_version() -> str:
+    """`nsys --version`; a clear error when Nsight Systems is not on PATH."""
+    if shutil.which("nsys") is None:
+        raise ArtifactError(
+            "nsys (Nsight Systems) is not on PATH, and the run has nsys reports to summarize: "
+            "load it (`module load nsight-systems` on Perlmutter, reproduce/perlmutter/"
+            "finish.sbatch does) or install Nsight Systems, then rerun the imbalance stage"
+        )
+    proc = subprocess.run(["nsys", "--version"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or proc.stderr.strip()
+
+
+def export_kernel_summary(report: Path, csv_path: Path) -> str:
+    """Write the report's CUDA GPU kernel summary CSV to `csv_path`; returns the report name
+    nsys knew. The SQLite export nsys needs goes next to `csv_path` (never beside the
+    report, which belongs to another stage) and is removed afterwards."""
+    work = csv_path.parent
+    work.mkdir(parents=True, exist_ok=True)
+    sqlite = work / f"{csv_path.stem}.sqlite"
+    prefix = work / f"{csv_path.stem}.nsys"
+    failures = []
+    try:
+        for name in KERNEL_REPORTS:
+            for old in work.glob(f"{prefix.name}_*.csv"):
+                old.unlink()
+            argv = ["nsys", "stats", "--report", name, "--format", "csv", "--sqlite", str(sqlite)]
+            proc = subprocess.run(
+                [*argv, "--output", str(prefix), str(report)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            # nsys names its output <prefix>_<report>.csv
+            made = sorted(work.glob(f"{prefix.name}_*.csv"))
+            if proc.returncode == 0 and len(made) == 1:
+                made[0].replace(csv_path)
+                return name
+            said = (proc.stderr or proc.stdout).strip().splitlines()
+            failures.append(f"--report {name}: exit {proc.returncode}, {said[-1] if said else ''}")
+    finally:
+        sqlite.unlink(missing_ok=True)
+    raise StageFailed(f"{report}: `nsys stats` made no kernel summary ({'; '.join(failures)})")
 
 
 TOOL_HELP = "summarize nsys CUDA GPU kernel summary CSVs (MoE, NCCL, attention); compare two runs"

@@ -1,13 +1,22 @@
 """nsys kernel summaries: both CSV forms, grouping, pooled rows, comparison, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from artifact.errors import ArtifactError
-from artifact.nsys import compare, kernel_group, nccl_collective, read_kernel_summary, summarize
+from artifact.errors import ArtifactError, StageFailed
+from artifact.nsys import (
+    compare,
+    eplb_table,
+    export_kernel_summary,
+    kernel_group,
+    nccl_collective,
+    read_kernel_summary,
+    summarize,
+)
 
 # Made-up numbers in nsys's human form (units in the cells, CRLF, a preamble).
 HUMAN = (
@@ -200,3 +209,34 @@ def test_cli(human, tmp_path):
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "missing.csv: file not found" in bad.stderr
+
+
+def test_eplb_table_of_two_summaries(tmp_path):
+    off, on = tmp_path / "a" / "off.csv", tmp_path / "b" / "on.csv"
+    for path in (off, on):
+        path.parent.mkdir()
+    off.write_text(HUMAN, encoding="utf-8")
+    flashinfer = '1.00%,30.000 ms,7,1.000 ms,1.000 ms,1.000 ms,1.000 ms,0 ns,"flashinfer::moe"\r\n'
+    on.write_text(HUMAN + flashinfer, encoding="utf-8")
+    table = eplb_table([(off, "all2all"), (on, "all2all-eplb")], root=tmp_path)
+    assert [r["label"] for r in table["runs"]] == ["all2all", "all2all-eplb"]
+    assert [r["source"] for r in table["runs"]] == ["a/off.csv", "b/on.csv"]
+    assert [r["flashinfer_kernel_instances"] for r in table["runs"]] == [0, 7]
+    assert table["comparison"] == compare(*(summarize(read_kernel_summary(p)) for p in (off, on)))
+
+
+def test_export_fails_clearly_when_nsys_knows_neither_report(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nsys = bin_dir / "nsys"
+    nsys.write_text(
+        "#!/usr/bin/env bash\necho \"ERROR: Report '$3' could not be found.\" >&2\nexit 1\n"
+    )
+    nsys.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    report = tmp_path / "server.nsys-rep"
+    report.write_text("report")
+    with pytest.raises(StageFailed, match="cuda_gpu_kern_sum: exit 1.*gpukernsum: exit 1") as info:
+        export_kernel_summary(report, tmp_path / "out" / "server.kernels.csv")
+    assert "could not be found" in str(info.value)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -2,7 +2,8 @@
 bare with the stand-in `vllm` and `nsys` on PATH, the weights already in a scratch Hugging
 Face cache. One Slurm job per experiment (MOE_ARTIFACT_EXPERIMENTS) on one run directory:
 the EPLB ablation (timed runs, then a profiled pass per mode under nsys), then the imbalance
-experiment, then the rest."""
+experiment, then the rest; the imbalance stage turns the nsys reports into the EPLB table
+and the checker's exp2 claims read it."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 import yaml
 from standins import install, write_hf_snapshot
 
+from artifact.checker import check_run
 from artifact.errors import ArtifactError
 from artifact.manifest import RunDir, hash_tree
 from artifact.profiles import EXPERIMENTS_ENV, load_profile
 from artifact.stages import StageContext, load_stage, run_stage
 
+A100 = "nvidia-a100-sxm4-40gb-x4"
 JOB_STAGES = ("install", "datasets", "serve", "bench")  # reproduce/perlmutter/experiment.sbatch
 
 
@@ -73,7 +76,7 @@ def profiles_run(calls: Path) -> int:
     return sum(json.loads(line)[0] == "profile" for line in lines)
 
 
-def test_experiments_as_separate_jobs(pipeline, monkeypatch):
+def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch):
     ctx, nsys_calls = pipeline
     run, bench = ctx.run_dir.path, ctx.run_dir.path / "bench"
 
@@ -134,6 +137,65 @@ def test_experiments_as_separate_jobs(pipeline, monkeypatch):
         "eplb_ablation",
         "imbalance",
     ]
+
+    # Analysis (reproduce/perlmutter/finish.sbatch): an older nsys knows only `gpukernsum`.
+    monkeypatch.setenv("FAKE_NSYS_OLD", "1")
+    assert run_stage(load_stage("imbalance"), ctx) == "complete"
+    stats = [json.loads(x) for x in nsys_calls.read_text().splitlines() if '"stats"' in x]
+    assert [c[c.index("--report") + 1] for c in stats] == ["cuda_gpu_kern_sum", "gpukernsum"] * 2
+    report = bench / "eplb_ablation" / "all2all" / "profile" / "server.nsys-rep"
+    csv_path = run / "imbalance" / "nsys" / "eplb_ablation" / "all2all" / "profile"
+    assert stats[1] == [
+        "stats",
+        "--report",
+        "gpukernsum",
+        "--format",
+        "csv",
+        "--sqlite",
+        str(csv_path / "server.kernels.sqlite"),
+        "--output",
+        str(csv_path / "server.kernels.nsys"),
+        str(report),
+    ]
+    assert sorted(p.name for p in csv_path.iterdir()) == ["server.kernels.csv"]
+    assert not list(bench.rglob("*.sqlite")) and not list(bench.rglob("*.csv"))
+    eplb = json.loads((run / "imbalance" / "eplb.json").read_text())
+    assert [r["label"] for r in eplb["runs"]] == ["all2all", "all2all-eplb"]
+    assert eplb["runs"][0]["source"] == (
+        "imbalance/nsys/eplb_ablation/all2all/profile/server.kernels.csv"
+    )
+    change = {c["metric"]: c["change_pct"] for c in eplb["comparison"]}
+    assert change["fused_moe.total_ms"] == pytest.approx(5.6, abs=0.01)
+    assert change["nccl.by_collective.AllReduce.total_ms"] == pytest.approx(5.6, abs=0.01)
+    assert change["attention.total_ms"] == pytest.approx(0.0)
+    ablation_rows = [
+        r
+        for r in json.loads((run / "imbalance" / "runs.json").read_text())
+        if r["experiment"] == "eplb_ablation"
+    ]
+    assert len(ablation_rows) == 2 * 2  # timed runs only: the profiled passes are not runs
+
+    # The checker's EPLB claims are judged on this run's own tables.
+    results, _, _ = check_run(run, ctx.profile, hardware=A100)
+    exp2 = {r.id: r for r in results if r.id.startswith("exp2.")}
+    assert exp2["exp2.eplb_enabled"].verdict == "PASS"
+    assert exp2["exp2.fused_moe_total_change"].verdict == "PASS"
+    assert exp2["exp2.fused_moe_total_change"].observed.startswith("5.6")
+    assert exp2["exp2.flashinfer_moe_kernel"].observed.startswith("0")
+    assert all(r.observed not in ("", "no data") for r in exp2.values()), exp2
+
+    # A resumed analysis keeps kernel summaries newer than their reports.
+    ctx.run_dir.update("imbalance", status="failed")
+    assert run_stage(load_stage("imbalance"), ctx) == "complete"
+    assert sum('"stats"' in x for x in nsys_calls.read_text().splitlines()) == len(stats)
+
+
+def test_reports_without_nsys_on_path_fail_clearly(pipeline, monkeypatch, tmp_path):
+    ctx, _ = pipeline
+    job(ctx, monkeypatch, "eplb_ablation")
+    Path(os.environ["PATH"].split(os.pathsep)[0], "nsys").unlink()
+    with pytest.raises(ArtifactError, match="module load nsight-systems"):
+        run_stage(load_stage("imbalance"), ctx)
 
 
 def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatch):

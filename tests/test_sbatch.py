@@ -197,3 +197,8 @@ def test_install_script_makes_the_venv_then_runs_the_install_stage(tmp_path):
     assert model["model_dir"].startswith(str(tmp_path / "scratch" / "moe-artifact" / "hf"))
     podman = (tmp_path / "podman-calls").read_text()
     assert podman.count('"migrate"') == 2 and "hf_test_token_value" not in podman + result.stderr
+
+
+def test_finish_job_loads_nsight_systems_for_nsys_stats():
+    text = (SCRIPTS / "finish.sbatch").read_text()
+    assert "command -v nsys" in text and "module load nsight-systems" in text

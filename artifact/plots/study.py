@@ -41,8 +41,7 @@ from artifact.imbalance.tables import csv_text
 from artifact.io import atomic_write_json, atomic_write_text, read_json
 from artifact.manifest import hash_tree
 from artifact.metrics import csv_row, find_traces, open_trace, parse_trace_name, trace_report
-from artifact.nsys import read_kernel_summary
-from artifact.nsys import summarize as nsys_summarize
+from artifact.nsys import eplb_table
 from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
 
@@ -240,24 +239,12 @@ def imbalance_tables(root: Path) -> tuple[list[dict], list, list[Skipped]]:
     return rows, results, skipped
 
 
-def eplb_table(root: Path) -> dict | None:
-    runs = []
-    for name, label in EPLB_FILES:
-        path = root / name
-        if not path.exists():
-            return None
-        kernels = read_kernel_summary(path)
-        summary = nsys_summarize(kernels, label=label, source=path.name)
-        summary["flashinfer_kernel_instances"] = sum(
-            k.instances for k in kernels if "flashinfer" in k.name.lower()
-        )
-        summary["flashinfer_kernels"] = sorted(
-            k.name for k in kernels if "flashinfer" in k.name.lower()
-        )
-        runs.append(summary)
-    from artifact.nsys import compare
-
-    return {"runs": runs, "comparison": compare(runs[0], runs[1])}
+def study_eplb_table(root: Path) -> dict | None:
+    """The EPLB table of the study's `eplb/` CSVs, None when one is missing."""
+    pairs = [(root / name, label) for name, label in EPLB_FILES]
+    if not all(path.exists() for path, _ in pairs):
+        return None
+    return eplb_table(pairs)
 
 
 def _write(out: Path, name: str, rows: list[dict]) -> None:
@@ -287,7 +274,7 @@ def import_study(study: Path, out: Path) -> dict[str, int]:
     imbalance_rows = [r for r in runs if r["experiment"] == "imbalance"]
     corr = correlations(imbalance_rows, IMBALANCE_MEASURES + LEGACY_MEASURES)
     _write(out, "correlations", corr)
-    eplb = eplb_table(study / "eplb") if (study / "eplb").is_dir() else None
+    eplb = study_eplb_table(study / "eplb") if (study / "eplb").is_dir() else None
     if eplb is not None:
         atomic_write_json(out / "eplb.json", eplb)
     ids = sorted(set(hardware))

@@ -11,17 +11,26 @@ writes tidy tables under `imbalance/`:
   per-run tables of artifact.imbalance (each row carries its run name);
 - `correlations.csv|json`: for the imbalance experiment, per mode, predicted score vs each
   observed measure and each performance metric vs each imbalance measure, Pearson and
-  Spearman with bootstrap 95% intervals (and again after the study's 1.5 x IQR filter).
+  Spearman with bootstrap 95% intervals (and again after the study's 1.5 x IQR filter);
+- `nsys/<path of the report under bench>/<report>.kernels.csv`: for every nsys report the
+  bench stage's profiled passes wrote, its CUDA GPU kernel summary (`nsys stats`, which must
+  be on PATH; kept while newer than its report);
+- `eplb.json`: the EPLB ablation's kernel table (`{runs, comparison}`, artifact.nsys
+  eplb_table, as for the study's EPLBOFF.csv/EPLBON.csv), when both of its modes have a
+  report: runs labelled by mode, EPLB off first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from artifact.console import console, track
 from artifact.imbalance import analyze_routing_log, correlation_table, write_run_tables
 from artifact.imbalance.tables import csv_text
 from artifact.io import atomic_write_json, atomic_write_text, read_json
+from artifact.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.stages.bench import NSYS_REPORT, PROFILE_DIR
 
 PERF_KEYS = (
     "completed",
@@ -103,11 +112,44 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
     return out
 
 
+def kernel_summaries(ctx: StageContext) -> dict[Path, Path]:
+    """{report path under bench/: its kernel summary CSV} for every nsys report of the run."""
+    bench = ctx.stage_dir("bench")
+    reports = sorted(bench.rglob("*.nsys-rep"))
+    if not reports:
+        return {}
+    console.print(f"  nsys: {nsys_version()}; {len(reports)} report(s) to summarize")
+    out = ctx.stage_dir("imbalance") / "nsys"
+    summaries = {}
+    for report in track(reports, "nsys kernel summaries"):
+        rel = report.relative_to(bench)
+        csv_path = out / rel.parent / f"{report.stem}.kernels.csv"
+        if not (csv_path.exists() and csv_path.stat().st_mtime > report.stat().st_mtime):
+            name = export_kernel_summary(report, csv_path)
+            console.print(f"  {rel}: kernel summary ({name}) -> {csv_path.name}")
+        summaries[rel] = csv_path
+    return summaries
+
+
+def ablation_table(ctx: StageContext, summaries: dict[Path, Path]) -> dict | None:
+    """The EPLB table of the ablation's profiled passes, None when a mode has no report."""
+    ablation = ctx.profile.experiments.eplb_ablation
+    if ablation is None or not ablation.enabled or len(ablation.modes) != 2:
+        return None
+    # EPLB off first (the comparison is "on" relative to "off"), else profile order.
+    modes = sorted(ablation.modes, key=lambda m: ctx.profile.modes[m].enable_eplb)
+    csvs = [summaries.get(Path("eplb_ablation", m, PROFILE_DIR, NSYS_REPORT)) for m in modes]
+    if None in csvs:
+        return None
+    return eplb_table(list(zip(csvs, modes, strict=True)), root=ctx.run_dir.path)
+
+
 class ImbalanceStage(Stage):
     name = "imbalance"
     description = "routing logs -> imbalance measures and their correlation with performance"
     upstream = ("datasets", "bench")
-    profile_sections = ("experiments",)
+    # modes: which of the ablation's modes has EPLB on orders the EPLB table
+    profile_sections = ("experiments", "modes")
 
     def run(self, ctx: StageContext) -> StageOutcome:
         out = ctx.stage_dir(self.name)
@@ -128,10 +170,17 @@ class ImbalanceStage(Stage):
         columns = list(correlation_rows[0]) if correlation_rows else []
         atomic_write_text(out / "correlations.csv", csv_text(correlation_rows, columns))
         atomic_write_json(out / "correlations.json", correlation_rows)
+        summaries = kernel_summaries(ctx)
+        eplb = ablation_table(ctx, summaries)
+        if eplb is not None:
+            atomic_write_json(out / "eplb.json", eplb)
         events = sum(r["routing_events"] for r in rows)
+        kernels = f", {len(summaries)} nsys kernel summaries" if summaries else ""
         return StageOutcome(
             summary=f"{len(rows)} runs analysed ({events:,} routing events), "
             f"{len(correlation_rows)} correlations over {len(imbalance_rows)} imbalance runs"
+            + kernels
+            + (", EPLB kernel table" if eplb is not None else "")
         )
 
 
