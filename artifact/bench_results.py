@@ -255,10 +255,14 @@ def file_percentiles(data: dict) -> list[float]:
     return sorted(found)
 
 
-def recompute(data: dict, *, e2els: list[float] | None = None) -> dict[str, Any]:
-    """Summary fields recomputed from the file's arrays (its own `e2els` when it has them)."""
-    if e2els is None and is_ours(data):
-        e2els = data["e2els"]
+def summarize_file(
+    data: dict,
+    *,
+    e2els: list[float] | None = None,
+    percentiles=(),
+    goodput_slos_ms: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """`summarize` over a result file's own per-request arrays."""
     return summarize(
         duration=data["duration"],
         ttfts=data["ttfts"],
@@ -266,6 +270,18 @@ def recompute(data: dict, *, e2els: list[float] | None = None) -> dict[str, Any]
         output_lens=data["output_lens"],
         input_lens=data["input_lens"],
         errors=data["errors"],
+        e2els=e2els,
+        percentiles=percentiles,
+        goodput_slos_ms=goodput_slos_ms,
+    )
+
+
+def recompute(data: dict, *, e2els: list[float] | None = None) -> dict[str, Any]:
+    """Summary fields recomputed from the file's arrays (its own `e2els` when it has them)."""
+    if e2els is None and is_ours(data):
+        e2els = data["e2els"]
+    return summarize_file(
+        data,
         e2els=e2els,
         percentiles=file_percentiles(data),
         goodput_slos_ms=(data.get("goodput") or {}).get("slos_ms"),

@@ -42,7 +42,7 @@ from artifact.bench_results import (
     load_result,
     parse_goodput,
     percentile_word,
-    summarize,
+    summarize_file,
     verify_result,
 )
 from artifact.errors import ArtifactError
@@ -313,16 +313,7 @@ def _latency_stats(data: dict, name: str) -> tuple[dict[str, float], list[str]]:
     percentiles = sorted({*file_percentiles(data), *DEFAULT_PERCENTILES})
     ours = is_ours(data)
     e2els = data["e2els"] if ours else estimate_e2els(data)
-    computed = summarize(
-        duration=data["duration"],
-        ttfts=data["ttfts"],
-        itls=data["itls"],
-        output_lens=data["output_lens"],
-        input_lens=data["input_lens"],
-        errors=data["errors"],
-        e2els=e2els,
-        percentiles=percentiles,
-    )
+    computed = summarize_file(data, e2els=e2els, percentiles=percentiles)
     stats: dict[str, float] = {}
     for stat in ("mean", "median", "std", *(f"p{percentile_word(p)}" for p in percentiles)):
         key = f"{stat}_{name}_ms"
@@ -381,17 +372,7 @@ def _goodput(data: dict, slos: dict[str, float] | None) -> dict[str, Any]:
             )
         slos = stored["slos_ms"]
     e2els = data["e2els"] if is_ours(data) else estimate_e2els(data)
-    out = summarize(
-        duration=data["duration"],
-        ttfts=data["ttfts"],
-        itls=data["itls"],
-        output_lens=data["output_lens"],
-        input_lens=data["input_lens"],
-        errors=data["errors"],
-        e2els=e2els,
-        percentiles=(),
-        goodput_slos_ms=slos,
-    )
+    out = summarize_file(data, e2els=e2els, goodput_slos_ms=slos)
     return {
         "value": out["request_goodput"],
         "unit": "req/s",
@@ -419,15 +400,7 @@ def file_metric(data: dict, metric: str, goodput_slos: dict[str, float] | None =
 
 
 def _summary_value(data: dict, key: str) -> float:
-    return summarize(
-        duration=data["duration"],
-        ttfts=data["ttfts"],
-        itls=data["itls"],
-        output_lens=data["output_lens"],
-        input_lens=data["input_lens"],
-        errors=data["errors"],
-        percentiles=(),
-    )[key]
+    return summarize_file(data)[key]
 
 
 def expert_assignment(trace: Trace) -> dict[str, Any]:
