@@ -109,6 +109,8 @@ def test_provenance_check_names_each_contradiction(engine):
     assert len(problems) == 2
     assert "experts_implementation: asked for 'eager', the engine runs 'grouped_mm'" in problems
     assert any("max-num-seqs" in p for p in problems)
+    cudnn = dict(good, sdpa_kernels={"cudnn": True, "mem_efficient": True})
+    assert any("cuDNN attention" in p for p in engine.check_provenance("eager", limits, cudnn))
 
 
 def test_lifecycle_and_routing_capture(engine, tmp_path):
@@ -119,6 +121,7 @@ def test_lifecycle_and_routing_capture(engine, tmp_path):
         provenance = server.provenance()
         assert provenance["experts_implementation"] == "grouped_mm"
         assert provenance["routers_hooked"] == 2
+        assert provenance["sdpa_kernels"]["cudnn"] is False
         server.start_routing(tmp_path / "run.routing", meta={"unit": "test"})
         prompts = ["How do I bake bread?", "Explain black holes simply.", "Why is the sky blue?"]
         usages = [completion(server, p, max_tokens=5)["usage"] for p in prompts]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from artifact.engines.attention import use_shape_independent_attention
 from artifact.engines.routing_capture import RoutingRecorder
 
 
@@ -17,6 +18,7 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    use_shape_independent_attention()  # the server's attention kernels (and no graph builds)
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=getattr(torch, dtype), device_map=device
     )

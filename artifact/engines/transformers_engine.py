@@ -121,6 +121,11 @@ class TransformersEngine(Engine):
             limits.max_num_batched_tokens,
             held.get("max_batch_tokens"),
         )
+        if provenance.get("sdpa_kernels", {}).get("cudnn"):
+            problems.append(
+                "cuDNN attention is enabled: it builds a graph per new attention shape, so "
+                "step times depend on the shapes earlier runs met (artifact.engines.attention)"
+            )
         if mode.experts_implementation == "grouped_mm" and "fallback" in str(
             provenance.get("grouped_mm_path")
         ):

@@ -17,7 +17,8 @@ Continuous-batching settings forced here, and why: prefix sharing off (a shared 
 skip prompt tokens, so the routing of repeated prompts would be incomplete); async batching
 off (batch N+1 is prepared while N runs, which would misalign the pass layout); CUDA graphs
 off (a replayed graph runs no Python forward hooks, so the routers' choices would go unseen;
-vLLM's `--enforce-eager` for the same reason).
+vLLM's `--enforce-eager` for the same reason). cuDNN's attention kernel off (it builds a
+graph per new attention shape, tens of ms on a GPU; see `artifact.engines.attention`).
 
 Streamed text: transformers' streamers decode incrementally with tokenizers' `DecodeStream`,
 which raises "Invalid prefix encountered while decoding stream" on some byte-fallback token
@@ -38,6 +39,8 @@ import sys
 import threading
 import time
 from importlib import metadata
+
+from artifact.engines.attention import sdpa_kernels, use_shape_independent_attention
 
 # The study's knobs -> transformers' continuous-batching config (documented in README).
 KNOB_MAP = {
@@ -148,6 +151,7 @@ def live_provenance(serve, model, recorder, args) -> dict:
         "experts_implementation": model.config._experts_implementation,
         "grouped_mm_path": grouped_mm_path(model),
         "attn_implementation": model.config._attn_implementation,
+        "sdpa_kernels": sdpa_kernels(),
         "device": str(model.device),
         "dtype": str(model.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from artifact.engines.routing_capture import RoutingRecorder, install_batch_layout_probe
 
     torch.manual_seed(args.seed)
+    use_shape_independent_attention()
     install_batch_layout_probe()
     install_tolerant_decode_stream()
     # Serve tries every processor class and hides why each failed; loading the tokenizer here
@@ -232,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # A timed wait: with CUDA's threads about, the signal can land on another thread, and an
+    # untimed wait in the main thread then never wakes to run the handler (seen on an H200:
+    # every server was killed after the 15 s grace instead of stopping).
+    while not stop.wait(timeout=0.5):
+        pass
     print("artifact: stopping", flush=True)
     t0 = time.perf_counter()
     recorder.detach()  # closes the routing log first: nothing recorded is lost

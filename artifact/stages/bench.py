@@ -243,6 +243,14 @@ class Replayer:
             tmp.replace(target)
         return layer_totals(target)
 
+    def close(self) -> None:
+        """Drop the model and give its GPU memory back (later stages run in this process)."""
+        if self._model is not None:
+            from artifact.engines.seeded_model import release_cached_gpu_memory
+
+            self._model = None
+            release_cached_gpu_memory(self.device)
+
 
 class BenchStage(Stage):
     name = "bench"
@@ -316,6 +324,8 @@ class BenchStage(Stage):
         finally:
             if server is not None:
                 server.stop()
+            if replayer is not None:
+                replayer.close()
         profiled = f", {profiles} profiled passes under nsys" if profiles else ""
         return StageOutcome(
             summary=f"{', '.join(experiments)}: {len(units)} units ({len(todo)} run now, "
