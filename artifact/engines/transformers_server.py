@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    # A timed wait: with CUDA's threads about, the signal can land on another thread, and an
-    # untimed wait in the main thread then never wakes to run the handler (seen on an H200:
-    # every server was killed after the 15 s grace instead of stopping).
+    # A timed wait. With an untimed one, every server on an H100/H200 ran out the 15 s grace
+    # and was killed (on CPU they stopped at once); likely the signal landed on one of CUDA's
+    # threads, and the main thread's lock wait never woke to run the handler. Now ~1 s.
     while not stop.wait(timeout=0.5):
         pass
     print("artifact: stopping", flush=True)
