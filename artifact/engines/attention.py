@@ -14,15 +14,15 @@ is turned off, in the server and in the offline replay alike.
 from __future__ import annotations
 
 
-def use_shape_independent_attention() -> dict[str, bool]:
-    """Turn off cuDNN's attention kernel; return which SDPA kernels are enabled (provenance)."""
+def use_shape_independent_attention() -> None:
+    """Turn off cuDNN's attention kernel for this process."""
     import torch
 
     torch.backends.cuda.enable_cudnn_sdp(False)
-    return sdpa_kernels()
 
 
 def sdpa_kernels() -> dict[str, bool]:
+    """Which SDPA kernels this process may use (the server's provenance records them)."""
     import torch
 
     backends = torch.backends.cuda
