@@ -18,22 +18,23 @@ from pathlib import Path
 from rich.markup import escape
 
 from artifact import __version__
-from artifact.console import console
-from artifact.errors import ArtifactError
-from artifact.manifest import RunDir
-from artifact.profiles import default_profile_name, load_profile
-from artifact.stages import GPU_STAGES, PIPELINE, StageContext, load_stage, run_stage
+from artifact.config.profiles import default_profile_name, load_profile
+from artifact.core.console import console
+from artifact.core.errors import ArtifactError
+from artifact.core.manifest import RunDir
+from artifact.core.runner import GPU_STAGES, PIPELINE, StageContext, run_stage
+from artifact.stages import load_stage
 
 # Standalone tools: command name -> module with configure_parser(parser) and run_tool(args).
 TOOLS = {
-    "predict": "artifact.predictor",
-    "metrics": "artifact.metrics",
-    "bench-client": "artifact.benchclient",
-    "imbalance-metrics": "artifact.imbalance",
-    "nsys-summary": "artifact.nsys",
-    "provenance": "artifact.vllm_provenance",
-    "kernel-loads": "artifact.kernels.loads",
-    "parallel-loads": "artifact.parallel.study_loads",
+    "predict": "artifact.workload.predictor",
+    "metrics": "artifact.serving.metrics",
+    "bench-client": "artifact.serving.client",
+    "imbalance-metrics": "artifact.routing.tool",
+    "nsys-summary": "artifact.profiling.nsys",
+    "provenance": "artifact.engines.vllm.provenance",
+    "kernel-loads": "artifact.gpu.kernels.loads",
+    "parallel-loads": "artifact.study.parallel_loads",
 }
 
 

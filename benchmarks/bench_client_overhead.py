@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from artifact.benchclient import (
+from artifact.serving.client import (
     BenchConfig,
     PromptSpec,
     new_session,

@@ -38,8 +38,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from artifact.imbalance import PerStepCsv, analyze_routing_log, write_run_tables  # noqa: E402
-from artifact.routing import PHASE_CODE, RoutingHeader, RoutingWriter, record_dtype  # noqa: E402
+from artifact.routing.aggregate import analyze_routing_log  # noqa: E402
+from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter, record_dtype  # noqa: E402
+from artifact.routing.tables import PerStepCsv, write_run_tables  # noqa: E402
 
 LAYERS, EXPERTS, TOP_K = 32, 8, 2
 MIXES = {

@@ -19,11 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from artifact.console import console
-from artifact.errors import ArtifactError
-from artifact.manifest import RunDir
-from artifact.profiles import load_profile
-from artifact.stages import StageContext, run_stage
+from artifact.config.profiles import load_profile
+from artifact.core.console import console
+from artifact.core.errors import ArtifactError
+from artifact.core.manifest import RunDir
+from artifact.core.runner import StageContext, run_stage
 from artifact.stages.kernels import STAGE
 
 

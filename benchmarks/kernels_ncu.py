@@ -4,7 +4,7 @@
         python3 benchmarks/kernels_ncu.py --tokens 32 --routing replay:study-all2all \
         --loads .devdata/loads.json
 
-The layer uses the Triton kernel's default configs (artifact.kernels.triton_moe) and the
+The layer uses the Triton kernel's default configs (artifact.gpu.kernels.triton_moe) and the
 stage's seeded Mixtral-8x7B weights; routing names as in the kernels stage's results.
 """
 
@@ -15,10 +15,10 @@ import argparse
 import numpy as np
 import torch
 
-from artifact.kernels.layer import MoEShape, MoEWeights
-from artifact.kernels.loads import read_sources
-from artifact.kernels.routing import RoutingSpec, routing_weights
-from artifact.kernels.triton_moe import default_config, fused_moe
+from artifact.gpu.kernels.layer import MoEShape, MoEWeights
+from artifact.gpu.kernels.loads import read_sources
+from artifact.gpu.kernels.routing import RoutingSpec, routing_weights
+from artifact.gpu.kernels.triton_moe import default_config, fused_moe
 
 
 def routing_spec(name: str, loads: str | None) -> RoutingSpec:

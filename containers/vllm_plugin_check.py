@@ -3,7 +3,7 @@
     python containers/vllm_plugin_check.py [--expect-version 0.11.0]
 
 Needs vLLM importable (no GPU: the CPU platform is forced when none is detected). Checks:
-the `vllm.general_plugins` entry point names `artifact.vllm_plugin:register` (when the
+the `vllm.general_plugins` entry point names `artifact.engines.vllm.plugin:register` (when the
 artifact is installed as a distribution); FusedMoE.select_experts is a staticmethod whose
 parameters include the ones the hook reads; FusedMoE.forward_impl, GPUModelRunner.execute_model
 and _dummy_run exist; InputBatch keeps num_computed_tokens_cpu / num_prompt_tokens; the
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         vllm.__version__,
     )
     eps = metadata.entry_points(group="vllm.general_plugins")
-    ours = [ep for ep in eps if ep.value == "artifact.vllm_plugin:register"]
+    ours = [ep for ep in eps if ep.value == "artifact.engines.vllm.plugin:register"]
     check("entry point vllm.general_plugins", bool(ours), ", ".join(ep.name for ep in eps))
 
     from vllm.forward_context import DPMetadata
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         bool(fields & {"num_tokens_across_dp_cpu", "cu_tokens_across_dp_cpu"}),
         ", ".join(sorted(fields)),
     )
-    from artifact.vllm_plugin import hooks
+    from artifact.engines.vllm.plugin import hooks
 
     hooks.install()
     wrapped = [

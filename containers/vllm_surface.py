@@ -6,7 +6,7 @@
 
 `dump` builds vLLM's own `vllm serve` argument parser (no GPU needed: the CPU platform is
 forced, nothing is started) and lists its long options and the environment variables in
-`vllm.envs`. `write` turns dumps into `artifact/vllm_plugin/cli_surface.py`; a build with no
+`vllm.envs`. `write` turns dumps into `artifact/engines/vllm/cli_surface.py`; a build with no
 wheel of its own (2f13319f) is given as `--bracket NAME=OLDER,NEWER`: a flag counts as present
 there when both neighbouring releases have it. `check` compares the installed vLLM with the
 table (used by `nox -s vllm-check` on a machine that can install the pinned vLLM).
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {TABLE}")
         return 0
     sys.path.insert(0, str(ROOT))
-    from artifact.vllm_plugin.cli_surface import FLAGS
+    from artifact.engines.vllm.cli_surface import FLAGS
 
     live = dump()
     want = FLAGS[args.build]

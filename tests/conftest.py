@@ -48,8 +48,8 @@ def write_profile(tmp_path, local_profile_raw):
 
 @pytest.fixture
 def fake_vllm(tmp_path, monkeypatch) -> Path:
-    """The perlmutter profile, launcher bare, against the stand-in `vllm` (tests/standins.py)
-    on PATH; returns the profile's path."""
+    """The perlmutter profile, launcher bare, against the stand-in `vllm`
+    (tests/fixtures/standins.py) on PATH; returns the profile's path."""
     from standins import install
 
     bin_dir = tmp_path / "bin"

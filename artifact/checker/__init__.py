@@ -12,9 +12,9 @@ from pathlib import Path
 
 from artifact.checker.evaluate import VERDICTS, ClaimResult, counts, evaluate
 from artifact.checker.output import markdown_table, payload, rich_table, summary_line
-from artifact.checker.schema import ClaimsFile, claims_path, load_claims
 from artifact.checker.tables import RunTables, hardware_id
-from artifact.profiles import Profile
+from artifact.config.claims import ClaimsFile, claims_path, load_claims
+from artifact.config.profiles import Profile
 
 
 def check_run(

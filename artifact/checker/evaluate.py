@@ -21,10 +21,10 @@ from artifact.checker.rules import (
     judge_two_sample,
     judge_value,
 )
-from artifact.checker.schema import Claim, ClaimsFile, Reference
 from artifact.checker.tables import RunTables
-from artifact.errors import ArtifactError
-from artifact.profiles import Profile
+from artifact.config.claims import Claim, ClaimsFile, Reference
+from artifact.config.profiles import Profile
+from artifact.core.errors import ArtifactError
 
 VERDICTS = ("PASS", "FAIL", "SKIP", "XFAIL")
 

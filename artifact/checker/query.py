@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from artifact.checker.schema import Query
 from artifact.checker.tables import RunTables
-from artifact.errors import ArtifactError
-from artifact.imbalance.correlation import iqr_outliers
+from artifact.config.claims import Query
+from artifact.core.errors import ArtifactError
+from artifact.routing.correlation import iqr_outliers
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "gt": lambda a, b: a > b,

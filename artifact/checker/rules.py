@@ -30,7 +30,7 @@ the one-sided Welch rule at alpha, or with `test: mann_whitney` by the one-sided
 Mann-Whitney U test (p <= alpha), which a single outlying repetition cannot defeat.
 
 Correlations (`correlated` / `uncorrelated`), from the `correlations` table's rows (each row
-must hold) or computed by artifact.imbalance.correlation from the rows' `x` and `column`
+must hold) or computed by artifact.routing.correlation from the rows' `x` and `column`
 (bootstrap 95% interval; the query's `iqr_filter` applies the study's 1.5 x IQR rule to both
 variables and reports what it removed): `correlated` PASSes when the interval excludes zero
 on the claimed `sign` side and |r| >= min_abs_r; `uncorrelated` when the interval contains
@@ -48,8 +48,8 @@ import numpy as np
 from scipy import stats
 
 from artifact.checker.query import QueryError, Samples
-from artifact.checker.schema import Reference, Relation
-from artifact.imbalance.correlation import correlation
+from artifact.config.claims import Reference, Relation
+from artifact.routing.correlation import correlation
 
 
 @dataclass

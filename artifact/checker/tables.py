@@ -8,8 +8,8 @@
   `bench/**/provenance.json`, flattened (`versions.torch`, ...), with the unit's experiment,
   mode and limits, and the study's column names where they apply (`engine_version`,
   `flashinfer_moe_used`);
-- eplb, eplb_runs: `imbalance/eplb.json` (`{runs: [...], comparison: [...]}`, artifact.nsys
-  summaries and their comparison);
+- eplb, eplb_runs: `imbalance/eplb.json` (`{runs: [...], comparison: [...]}`,
+  artifact.profiling.nsys summaries and their comparison);
 - log_flags: `imbalance/log_flags.json` (a study run directory: flags across its server logs
   and workload cards).
 
@@ -24,9 +24,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from artifact.errors import ArtifactError
-from artifact.io import read_json
-from artifact.manifest import RunDir
+from artifact.core.errors import ArtifactError
+from artifact.core.io import read_json
+from artifact.core.manifest import RunDir
 
 IMBALANCE_TABLES = (
     "runs",
@@ -161,7 +161,7 @@ def check_fresh(run_dir: RunDir, upstream: tuple[str, ...]) -> None:
     imbalance tables after a bench result changed would judge stale numbers. For each
     upstream stage, its recorded input hashes must equal the files now in the run directory.
     """
-    from artifact.manifest import hash_tree
+    from artifact.core.manifest import hash_tree
 
     for name in upstream:
         record = run_dir.record(name) or {}

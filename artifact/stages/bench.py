@@ -14,10 +14,10 @@ unit is redone from scratch):
   `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
   runs, and the timed servers never run under nsys (profiling perturbs timing).
 
-Only the selected experiments run (artifact.profiles.selected_experiments:
+Only the selected experiments run (artifact.config.profiles.selected_experiments:
 $MOE_ARTIFACT_EXPERIMENTS, else every enabled one).
 
-Per measured run: `run.repNN.json` (vLLM result schema, see artifact.benchclient) and
+Per measured run: `run.repNN.json` (vLLM result schema, see artifact.serving.client) and
 `run.repNN.routing` (the routing of exactly that run's forward passes; warm-up is excluded).
 Two checks per run, both fatal when they fail, since they mean the capture is wrong:
 every layer's counts sum to top_k x the tokens the engine processed (prompt tokens plus
@@ -35,7 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from artifact.benchclient import (
+from artifact.config.profiles import BenchSpec, Profile, selected_experiments
+from artifact.config.profiles import Engine as EngineSpec
+from artifact.core.console import console, progress_bar
+from artifact.core.errors import StageFailed
+from artifact.core.io import atomic_write_json, read_json
+from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.engines.base import ServerLimits, get_engine, log_tail
+from artifact.routing.format import layer_totals
+from artifact.serving.client import (
     BenchConfig,
     ServerCapabilities,
     load_prompts,
@@ -45,14 +53,6 @@ from artifact.benchclient import (
     run_benchmark,
     write_result,
 )
-from artifact.console import console, progress_bar
-from artifact.engines import ServerLimits, get_engine, log_tail
-from artifact.errors import StageFailed
-from artifact.io import atomic_write_json, read_json
-from artifact.profiles import BenchSpec, Profile, selected_experiments
-from artifact.profiles import Engine as EngineSpec
-from artifact.routing import layer_totals
-from artifact.stages import Stage, StageContext, StageOutcome
 from artifact.stages.datasets import EPLB_PROMPTS, SWEEP_PROMPTS
 from artifact.stages.install import installed_model_dir
 from artifact.stages.serve import check_provenance
@@ -230,7 +230,7 @@ class Replayer:
     def prompt_counts(
         self, implementation: str, prompts_file: Path, texts: list[str]
     ) -> np.ndarray:
-        from artifact.engines.replay import load_model, replay
+        from artifact.engines.transformers.replay import load_model, replay
 
         target = self.out_dir / implementation / f"{prompts_file.stem}.routing"
         if not target.exists():
@@ -246,7 +246,7 @@ class Replayer:
     def close(self) -> None:
         """Drop the model and give its GPU memory back (later stages run in this process)."""
         if self._model is not None:
-            from artifact.engines.seeded_model import release_cached_gpu_memory
+            from artifact.engines.transformers.seeded_model import release_cached_gpu_memory
 
             self._model = None
             release_cached_gpu_memory(self.device)

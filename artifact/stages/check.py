@@ -1,9 +1,9 @@
 """Stage `check`: judge every claim of the profile's expected results on the run.
 
-Loads `expected_results/<profile>.yaml` (artifact.checker.schema), evaluates each claim's
+Loads `expected_results/<profile>.yaml` (artifact.config.claims), evaluates each claim's
 query over the run directory's tidy tables and judges it (artifact.checker.rules): PASS,
 FAIL, SKIP or XFAIL, with expected and observed values and the reason. Prints the claims
-table and the provenance findings (artifact.checker.audit), writes `check/claims.json`
+table and the provenance findings (artifact.study.audit), writes `check/claims.json`
 (verdicts, counts, hardware, findings) and `check/claims.md`, and ends with exit code 1
 when any claim FAILs (the stage itself is complete: its verdict is recorded, not an error).
 
@@ -18,9 +18,9 @@ import argparse
 
 from rich.markup import escape
 
-from artifact.console import console
-from artifact.io import atomic_write_json, atomic_write_text
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.core.console import console
+from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.stages.plots import add_study_options, claims_inputs
 
 SEVERITY = {"error": "red", "warning": "yellow"}
@@ -41,7 +41,7 @@ class CheckStage(Stage):
         add_study_options(parser)
 
     def plan(self, args: argparse.Namespace) -> list[Stage]:
-        from artifact.plots.study import study_plan
+        from artifact.study.layout import study_plan
 
         return study_plan(args, self, CheckStage)
 
@@ -57,8 +57,8 @@ class CheckStage(Stage):
             rich_table,
             summary_line,
         )
-        from artifact.checker.audit import findings
         from artifact.checker.tables import check_fresh
+        from artifact.study.audit import findings
 
         check_fresh(ctx.run_dir, self.upstream)
         results, claims_file, tables = check_run(

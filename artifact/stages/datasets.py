@@ -15,12 +15,12 @@ from importlib import resources
 
 import numpy as np
 
-from artifact.console import track
-from artifact.io import atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
-from artifact.predictor import FEATURE_WEIGHTS, ImbalancePredictor
-from artifact.stages import Stage, StageContext, StageOutcome
-from artifact.tokenizer import tokenizer_path
-from artifact.workloads import CORPUS_FILE, build, candidate_pool, fixed_prompts, select_even
+from artifact.core.console import track
+from artifact.core.io import atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.workload.corpus import CORPUS_FILE, build, candidate_pool, fixed_prompts, select_even
+from artifact.workload.predictor import FEATURE_WEIGHTS, ImbalancePredictor
+from artifact.workload.tokenizer import tokenizer_path
 
 GENERATOR_VERSION = 1
 SWEEP_PROMPTS = "sweep_prompts.jsonl"
@@ -51,7 +51,7 @@ class DatasetsStage(Stage):
         package = resources.files("artifact")
         code = b"".join(
             (package / rel).read_bytes()
-            for rel in ("workloads.py", "predictor.py", "stages/datasets.py")
+            for rel in ("workload/corpus.py", "workload/predictor.py", "stages/datasets.py")
         )
         return {
             "corpus": sha256_bytes((package / "data" / CORPUS_FILE).read_bytes()),

@@ -6,16 +6,16 @@ writes tidy tables under `imbalance/`:
 - `runs.csv|json`: one row per measured run: experiment, mode, limits, dataset, predicted
   score, repetition; the performance summary of the result file; the headline imbalance
   measures (prefixed `imb_`, all phases, loads summed within each layer, averaged over
-  layers; see artifact.imbalance.aggregate for the exact rules);
+  layers; see artifact.routing.aggregate for the exact rules);
 - `per_layer`, `summary`, `expert_loads`, `legacy`, `default_vs_legacy`, `skipped`: the
-  per-run tables of artifact.imbalance (each row carries its run name);
+  per-run tables of artifact.routing (each row carries its run name);
 - `correlations.csv|json`: for the imbalance experiment, per mode, predicted score vs each
   observed measure and each performance metric vs each imbalance measure, Pearson and
   Spearman with bootstrap 95% intervals (and again after the study's 1.5 x IQR filter);
 - `nsys/<path of the report under bench>/<report>.kernels.csv`: for every nsys report the
   bench stage's profiled passes wrote, its CUDA GPU kernel summary (`nsys stats`, which must
   be on PATH; kept while newer than its report);
-- `eplb.json`: the EPLB ablation's kernel table (`{runs, comparison}`, artifact.nsys
+- `eplb.json`: the EPLB ablation's kernel table (`{runs, comparison}`, artifact.profiling.nsys
   eplb_table, as for the study's EPLBOFF.csv/EPLBON.csv), when both of its modes have a
   report: runs labelled by mode, EPLB off first.
 """
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifact.console import console, track
-from artifact.imbalance import analyze_routing_log, correlation_table, write_run_tables
-from artifact.imbalance.tables import csv_text
-from artifact.io import atomic_write_json, atomic_write_text, read_json
-from artifact.nsys import eplb_table, export_kernel_summary, nsys_version
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.core.console import console, track
+from artifact.core.io import atomic_write_json, atomic_write_text, read_json
+from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
+from artifact.routing.aggregate import analyze_routing_log
+from artifact.routing.correlation import correlation_table
+from artifact.routing.tables import csv_text, write_run_tables
 from artifact.stages.bench import NSYS_REPORT, PROFILE_DIR
 
 PERF_KEYS = (

@@ -7,7 +7,8 @@ when its files no longer match the recorded fingerprint. Writes `install/model.j
 where the model is, its spec and the sha256 of each file.
 
 Hub models (`perlmutter`): the vLLM images and the weights in the Hugging Face cache, see
-artifact.hpc_install; `install/model.json` names the cached snapshot, `install/images.json`
+artifact.engines.vllm.hpc_install;
+`install/model.json` names the cached snapshot, `install/images.json`
 what each image holds.
 """
 
@@ -18,9 +19,9 @@ import json
 import os
 from pathlib import Path
 
-from artifact.errors import ArtifactError
-from artifact.io import atomic_write_json, read_json
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.core.errors import ArtifactError
+from artifact.core.io import atomic_write_json, read_json
+from artifact.core.runner import Stage, StageContext, StageOutcome
 
 CACHE_ENV = "MOE_ARTIFACT_CACHE"
 
@@ -54,12 +55,12 @@ class InstallStage(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = ctx.profile.model
         if spec.source == "hub":
-            from artifact.hpc_install import install_hub
+            from artifact.engines.vllm.hpc_install import install_hub
 
             record, summary = install_hub(ctx.profile, ctx.stage_dir(self.name))
             atomic_write_json(model_record_path(ctx), record)
             return StageOutcome(summary=summary)
-        from artifact.engines.seeded_model import build_model, fingerprint
+        from artifact.engines.transformers.seeded_model import build_model, fingerprint
 
         device = ctx.profile.engine.device
         keyed = spec.model_dump(mode="json")

@@ -6,7 +6,7 @@ implementations, this project's Triton kernel) for token counts from decode to l
 prefill and routings drawn uniform, Zipf-skewed and replayed from routing logs: correctness
 against float64 first, then device-event timings against the card's bandwidth and GEMM
 rate measured in the same run, the EP slowest-rank view, and the replay of logged steps at
-their own size. See artifact.kernels.bench and docs/kernels.md.
+their own size. See artifact.gpu.kernels.bench and docs/kernels.md.
 
 Replay sources (`--replay [NAME=]PATH`, repeatable): moe-routing logs, gate-log folders or
 a loads file from `moe-artifact kernel-loads`. Without --replay the stage replays this run's
@@ -27,8 +27,8 @@ import json
 import os
 from pathlib import Path
 
-from artifact.errors import ArtifactError, StageFailed
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.runner import Stage, StageContext, StageOutcome
 
 STUDY_ENV = "MOE_ARTIFACT_STUDY_DATA"
 STUDY_GATE_LOGS = {
@@ -192,10 +192,10 @@ class KernelsStage(Stage):
         return inputs
 
     def run(self, ctx: StageContext) -> StageOutcome:
-        from artifact.kernels.bench import BenchOptions, run_kernels
-        from artifact.kernels.layer import MoEShape, parse_implementations
-        from artifact.kernels.loads import read_sources
-        from artifact.kernels.routing import parse_routings
+        from artifact.gpu.kernels.bench import BenchOptions, run_kernels
+        from artifact.gpu.kernels.layer import MoEShape, parse_implementations
+        from artifact.gpu.kernels.loads import read_sources
+        from artifact.gpu.kernels.routing import parse_routings
 
         args = ctx.args
         shape = MoEShape.parse(args.shape)

@@ -7,12 +7,12 @@ with all-to-all dispatch and combine, under uniform, Zipf-skewed and replayed ro
 vLLM's linear expert placement and an EPLB-style rebalanced one. Outputs checked against
 the float64 single-GPU reference, then timed per phase (compute vs communication) on every
 rank; bytes moved, per-rank load max/mean, the imbalance cost model, where EP beats TP and
-what rebalancing recovers. See artifact.parallel and docs/parallel.md.
+what rebalancing recovers. See artifact.gpu.parallel and docs/parallel.md.
 
 Replay sources (`--replay [NAME=]PATH`, repeatable): routing logs, gate-log folders or a
 moe-expert-loads file. Without --replay the stage replays this run's bench routing logs
 (`ours`) when they exist and the original study's TP-run gate logs (`study-steps`,
-`study-layers`, artifact.parallel.study_loads) when $MOE_ARTIFACT_STUDY_DATA is set,
+`study-layers`, artifact.study.parallel_loads) when $MOE_ARTIFACT_STUDY_DATA is set,
 written to `parallel/replay_loads.json` first. `--device cpu` runs the same code on CPU
 with gloo (a functional smoke run; use a small --shape).
 
@@ -32,11 +32,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from artifact.console import console
-from artifact.errors import ArtifactError, StageFailed
-from artifact.io import read_json
-from artifact.parallel.options import MULTICAST_OFF, OPTIONS, add_options, parse_options, to_argv
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.core.console import console
+from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.io import read_json
+from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.gpu.parallel.options import (
+    MULTICAST_OFF,
+    OPTIONS,
+    add_options,
+    parse_options,
+    to_argv,
+)
 from artifact.stages.kernels import STUDY_ENV, STUDY_GATE_LOGS, _fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,8 +86,8 @@ class ParallelStage(Stage):
 
     def _replay_file(self, ctx: StageContext, out: Path, shape) -> Path | None:
         """The default replay sources of the layer's shape, written into one loads file."""
-        from artifact.kernels.loads import read_sources, write_loads_file
-        from artifact.parallel.study_loads import study_sources
+        from artifact.gpu.kernels.loads import read_sources, write_loads_file
+        from artifact.study.parallel_loads import study_sources
 
         sources = [s for spec in self._replay_specs(ctx) for s in read_sources(spec)]
         study = os.environ.get(STUDY_ENV)
@@ -120,7 +126,7 @@ class ParallelStage(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         args = ctx.args
         out = ctx.stage_dir(self.name)
-        from artifact.parallel.bench import plan
+        from artifact.gpu.parallel.bench import plan
 
         ranks = self._ranks(args)
         checked = plan(parse_options(args), ranks)  # one-line errors here, not from each rank
@@ -138,7 +144,7 @@ class ParallelStage(Stage):
             "--nproc-per-node",
             str(ranks),
             "-m",
-            "artifact.parallel.run",
+            "artifact.gpu.parallel.run",
             "--out",
             str(out),
             *argv,

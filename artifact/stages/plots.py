@@ -1,14 +1,14 @@
 """Stage `plots`: every figure and table of the study, and report.md / report.html.
 
 Reads the run directory's tidy tables (artifact.checker.tables) and draws the study's
-figures (artifact.plots.figures: Fig. 1-2 Experiment 1, Table 1 / Fig. 3 Experiment 2,
+figures (artifact.report.figures: Fig. 1-2 Experiment 1, Table 1 / Fig. 3 Experiment 2,
 Fig. 4-5 Experiment 3, and Fig. 6-8: predicted vs observed imbalance, per-layer expert-load
 heatmaps, per-rank load under EP), then writes `plots/report.md` and a self-contained
 `plots/report.html` with the profile, provenance, findings, every figure with its caption
 and the claims table (judged by artifact.checker, as the check stage does).
 
 `--from-study DIR` first imports the original study's raw data as the run directory's
-tables (artifact.plots.study; profile perlmutter and run directory runs/perlmutter-study
+tables (artifact.study.layout; profile perlmutter and run directory runs/perlmutter-study
 unless given), then plots them. `--iqr-filter` draws Experiment 3 after the study's
 1.5 x IQR outlier rule (removed points shown hollow, counts in the legends).
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from artifact.checker.schema import claims_path
-from artifact.errors import ArtifactError
-from artifact.io import atomic_write_json, sha256_bytes, sha256_file
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.config.claims import claims_path
+from artifact.core.errors import ArtifactError
+from artifact.core.io import atomic_write_json, sha256_bytes, sha256_file
+from artifact.core.runner import Stage, StageContext, StageOutcome
 
 # Plotting and the study import load matplotlib, scipy and the readers: imported where used,
 # so that building the CLI stays fast.
@@ -70,7 +70,7 @@ class PlotsStage(Stage):
         )
 
     def plan(self, args: argparse.Namespace) -> list[Stage]:
-        from artifact.plots.study import study_plan
+        from artifact.study.layout import study_plan
 
         return study_plan(args, self, PlotsStage)
 
@@ -80,9 +80,9 @@ class PlotsStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutcome:
         from artifact.checker import check_run
-        from artifact.checker.audit import findings
         from artifact.checker.tables import RunTables, check_fresh
-        from artifact.plots.build import make_figures, make_report
+        from artifact.report.build import make_figures, make_report
+        from artifact.study.audit import findings
 
         check_fresh(ctx.run_dir, self.upstream)
         out = ctx.stage_dir(self.name)

@@ -15,12 +15,12 @@ import shutil
 import time
 import urllib.request
 
-from artifact.console import console
-from artifact.engines import ServerLimits, get_engine
-from artifact.errors import StageFailed
-from artifact.io import atomic_write_json
-from artifact.profiles import selected_experiments
-from artifact.stages import Stage, StageContext, StageOutcome
+from artifact.config.profiles import selected_experiments
+from artifact.core.console import console
+from artifact.core.errors import StageFailed
+from artifact.core.io import atomic_write_json
+from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.engines.base import ServerLimits, get_engine
 from artifact.stages.install import installed_model_dir
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install on a Perlmutter login node (needs the network; not a batch job):
 #   1. a host Python environment with the artifact (orchestration only, no torch);
-#   2. the install stage, `python -m artifact install` (artifact/hpc_install.py): the images
+#   2. the install stage, `python -m artifact install` (artifact/engines/vllm/hpc_install.py): the images
 #      the profile's modes name, built with podman-hpc (or pulled with IMAGE_PULL=registry/path)
 #      and `podman-hpc migrate`d; the Mixtral weights downloaded inside the image into the
 #      profile's scratch Hugging Face cache with the token from the environment (HF_TOKEN;

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from artifact.errors import ArtifactError
-from artifact.profiles import load_profile
+from artifact.config.profiles import load_profile
+from artifact.core.errors import ArtifactError
 
 EXPERIMENTS = ("config_sweep", "eplb_ablation", "imbalance")
 

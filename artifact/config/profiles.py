@@ -1,0 +1,424 @@
+"""Profiles: `reproduce/profiles/<name>.yaml`, validated on load.
+
+A profile names the model, the engine, the modes (named server configurations), the
+experiments and the hardware it expects. Validation is strict (unknown fields are errors) and
+every error names the file, the field and what is allowed, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from artifact.core.errors import ArtifactError
+
+PROFILE_DIR_ENV = "MOE_ARTIFACT_PROFILE_DIR"
+SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}")
+
+
+def project_root() -> Path:
+    """The checkout root (where reproduce/ and expected_results/ live)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def profile_dir() -> Path:
+    return Path(os.environ.get(PROFILE_DIR_ENV, project_root() / "reproduce" / "profiles"))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(Strict):
+    kind: Literal["cpu", "cuda"]
+    gpus: int = Field(0, ge=0)
+    gpu_model: str | None = None
+    min_cpu_cores: int = Field(1, ge=1)
+    description: str = ""
+
+
+class ModelSpec(Strict):
+    name: str
+    source: Literal["seeded", "hub"]
+    hub_id: str | None = None
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # MixtralConfig keyword arguments for a seeded model (hidden_size, num_local_experts, ...).
+    architecture: dict[str, int | float] = Field(default_factory=dict)
+    max_model_len: int = Field(4096, ge=16)
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSpec:
+        if self.source == "hub" and not self.hub_id:
+            raise ValueError("source 'hub' needs hub_id (e.g. mistralai/Mixtral-8x7B-v0.1)")
+        if self.source == "seeded" and not self.architecture:
+            raise ValueError("source 'seeded' needs architecture (MixtralConfig fields)")
+        return self
+
+
+class Engine(Strict):
+    kind: Literal["transformers", "vllm"]
+    host: str = "127.0.0.1"
+    device: Literal["cpu", "cuda"] = "cpu"
+    startup_timeout_s: float = Field(600.0, gt=0)
+    # transformers only: the share of prompt-token expert assignments a server run may route
+    # differently from the offline replay of the same prompts (0: exactly equal; the prompt
+    # tokens per layer must match in any case). Exact on a CPU in float32; in bf16 on a GPU
+    # the batched pass and the one-prompt replay round differently, so a token whose top-2
+    # scores nearly tie can flip expert.
+    replay_tolerance: float = Field(0.0, ge=0.0, le=1.0)
+    # vLLM only: how the server process is launched and which vLLM it is.
+    launcher: Literal["bare", "podman-hpc", "apptainer"] = "bare"
+    image: str | None = None
+    vllm_ref: str | None = None
+    # vLLM in a container: extra bind mounts ("host:container[:opts]", $VARS expanded at
+    # launch), the Hugging Face cache to mount and point HF_HOME at, /dev/shm size.
+    mounts: list[str] = Field(default_factory=list)
+    hf_home: str | None = None
+    shm_size: str | None = None
+    # `nsys profile --trace` for modes or experiments that ask for kernel traces.
+    nsys_trace: str = "cuda,nvtx"
+
+
+class EplbSettings(Strict):
+    """vLLM's EPLB knobs (--eplb-config at >= 0.10.2, the older separate flags before)."""
+
+    window_size: int | None = Field(None, ge=1)
+    step_interval: int | None = Field(None, ge=1)
+    num_redundant_experts: int | None = Field(None, ge=0)
+    log_balancedness: bool = False
+
+
+class Mode(Strict):
+    """A named server configuration. Which fields apply depends on the engine."""
+
+    description: str = ""
+    # transformers: the experts implementation of the MoE blocks (eager, grouped_mm, ...).
+    experts_implementation: str | None = None
+    # vLLM parallelism and MoE path.
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    enable_expert_parallel: bool = False
+    enable_eplb: bool = False
+    all2all_backend: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    extra_args: list[str] = Field(default_factory=list)
+    # vLLM only: EPLB tuning, the MoE kernel the mode claims (checked against the server's
+    # log), another image / vLLM build than the engine's, and kernel traces: `nsys: true`
+    # adds to each of the mode's bench units one profiled pass on a server of its own under
+    # `nsys profile`, after the timed runs (profiling perturbs timing: timed runs never use it).
+    eplb: EplbSettings | None = None
+    moe_kernel: Literal["triton_fused_moe", "flashinfer_cutlass_moe"] | None = None
+    image: str | None = None
+    vllm_ref: str | None = None
+    nsys: bool = False
+
+
+class DatasetsSpec(Strict):
+    seed: int = 20251201
+    count: int = Field(50, ge=1, le=999)
+    prompts_per_dataset: int = Field(30, ge=2)
+
+
+RequestRate = float | Literal["inf"]
+
+
+class BenchSpec(Strict):
+    """Client settings shared by every experiment unless an experiment overrides them."""
+
+    request_rate: RequestRate = "inf"
+    burstiness: float = Field(1.0, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    output_len: int | None = Field(None, ge=1)
+    warmup_requests: int = Field(0, ge=0)
+    repeat: int = Field(1, ge=1)
+    seed: int = 0
+    request_timeout_s: float = Field(600.0, gt=0)
+    metric_percentiles: list[float] = Field(default_factory=lambda: [50.0, 90.0, 99.0])
+
+    @field_validator("request_rate")
+    @classmethod
+    def _rate(cls, v: RequestRate) -> RequestRate:
+        if v != "inf" and (not isinstance(v, float | int) or v <= 0 or math.isinf(v)):
+            raise ValueError("request_rate must be 'inf' or a positive number of requests/s")
+        return v
+
+
+class ConfigSweep(Strict):
+    """Experiment 1: max-num-seqs x max-num-batched-tokens, one server per (mode, config)."""
+
+    enabled: bool = True
+    modes: list[str]
+    max_num_seqs: list[int]
+    max_num_batched_tokens: list[int]
+    # The study's cross: vary one knob at the other's fixed value. `full` runs the whole grid.
+    grid: Literal["cross", "full"] = "cross"
+    fixed_max_num_seqs: int
+    fixed_max_num_batched_tokens: int
+    prompts: int = Field(50, ge=1)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+
+
+class EplbAblation(Strict):
+    """Experiment 2: the same EP server with EPLB off and on."""
+
+    enabled: bool = True
+    skip_reason: str | None = None
+    modes: list[str] = Field(default_factory=list)
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 8192
+    # Prompts of datasets/eplb_prompts.jsonl (drawn like the sweep's, another seed stream).
+    prompts: int = Field(50, ge=1)
+    # One profiled pass per mode (its own server under `nsys profile`) after the timed runs.
+    nsys: bool = False
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+
+    @model_validator(mode="after")
+    def _reason(self) -> EplbAblation:
+        if not self.enabled and not self.skip_reason:
+            raise ValueError("a disabled EPLB ablation needs skip_reason (say why it cannot run)")
+        return self
+
+
+class ImbalanceSensitivity(Strict):
+    """Experiment 3: one server per mode reused across the generated datasets."""
+
+    enabled: bool = True
+    modes: list[str]
+    # How many of the generated datasets to run, chosen evenly over the score range.
+    datasets: int | Literal["all"] = "all"
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 8192
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+
+
+class Experiments(Strict):
+    config_sweep: ConfigSweep | None = None
+    eplb_ablation: EplbAblation | None = None
+    imbalance: ImbalanceSensitivity | None = None
+
+
+ExperimentName = Literal["config_sweep", "eplb_ablation", "imbalance"]
+EXPERIMENT_NAMES: tuple[str, ...] = get_args(ExperimentName)
+# Comma-separated experiment names: the serve and bench stages run only these (one Slurm job
+# per experiment sets it); unset, they run every enabled experiment.
+EXPERIMENTS_ENV = "MOE_ARTIFACT_EXPERIMENTS"
+
+
+def enabled_experiments(profile: Profile) -> list[str]:
+    """The profile's enabled experiments, in pipeline order."""
+    return [
+        name
+        for name in EXPERIMENT_NAMES
+        if (exp := getattr(profile.experiments, name)) is not None and exp.enabled
+    ]
+
+
+def selected_experiments(profile: Profile) -> list[str]:
+    """The experiments to run now: those named in $MOE_ARTIFACT_EXPERIMENTS, else all enabled.
+
+    A name that is no experiment, or one this profile lacks or disables, is an error (a job
+    that silently ran nothing would look like a finished one).
+    """
+    value = os.environ.get(EXPERIMENTS_ENV, "").strip()
+    enabled = enabled_experiments(profile)
+    if not value:
+        return enabled
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in EXPERIMENT_NAMES:
+            raise ArtifactError(
+                f"{EXPERIMENTS_ENV} names {name!r}, not an experiment; valid names: "
+                f"{', '.join(EXPERIMENT_NAMES)} (comma-separated)"
+            )
+        if name not in enabled:
+            exp = getattr(profile.experiments, name)
+            why = (getattr(exp, "skip_reason", None) or "disabled") if exp else "not configured"
+            raise ArtifactError(
+                f"{EXPERIMENTS_ENV} names {name!r}, which profile '{profile.name}' does not "
+                f"run ({why.strip()}); enabled: {', '.join(enabled) or 'none'}"
+            )
+    return [n for n in EXPERIMENT_NAMES if n in names]
+
+
+class SlurmSpec(Strict):
+    """Batch settings for HPC profiles (reproduce/<site>/*.sbatch read them at submit time)."""
+
+    account: str | None = None  # else $MOE_ARTIFACT_SLURM_ACCOUNT
+    constraint: str = "gpu"
+    qos: str = "regular"
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(4, ge=1)
+    # Wall time per experiment (HH:MM:SS), and QoS where it differs from `qos`.
+    time: dict[ExperimentName, str] = Field(default_factory=dict)
+    qos_per_experiment: dict[ExperimentName, str] = Field(default_factory=dict)
+
+    @field_validator("time")
+    @classmethod
+    def _times(cls, v: dict) -> dict:
+        for key, value in v.items():
+            if not SLURM_TIME.fullmatch(str(value)):
+                raise ValueError(f"time.{key} must be HH:MM:SS or D-HH:MM:SS (got {value!r})")
+        return v
+
+
+class Profile(Strict):
+    name: str
+    description: str = ""
+    hardware: Hardware
+    model: ModelSpec
+    engine: Engine
+    modes: dict[str, Mode]
+    datasets: DatasetsSpec = Field(default_factory=DatasetsSpec)
+    experiments: Experiments = Field(default_factory=Experiments)
+    slurm: SlurmSpec | None = None
+    expected_results: str
+
+    @model_validator(mode="after")
+    def _modes_exist(self) -> Profile:
+        for exp_name in EXPERIMENT_NAMES:
+            exp = getattr(self.experiments, exp_name)
+            for mode in getattr(exp, "modes", []) if exp else []:
+                if mode not in self.modes:
+                    raise ValueError(
+                        f"experiments.{exp_name}.modes names '{mode}', "
+                        f"not one of the profile's modes: {sorted(self.modes)}"
+                    )
+        ablation = self.experiments.eplb_ablation
+        profiled = [f"modes.{n}.nsys" for n, m in self.modes.items() if m.nsys]
+        if ablation is not None and ablation.nsys:
+            profiled.append("experiments.eplb_ablation.nsys")
+        if profiled and self.engine.kind != "vllm":
+            raise ValueError(
+                f"{', '.join(profiled)}: nsys kernel traces need engine.kind vllm "
+                f"(the {self.engine.kind} engine cannot run under nsys profile)"
+            )
+        return self
+
+    # Where it came from and its content hash; set by load_profile, not part of the YAML.
+    _path: Path | None = None
+    _raw: dict | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 over the named top-level sections (all of them when none are named)."""
+        raw = self._raw if self._raw is not None else self.model_dump(mode="json")
+        keys = sections or tuple(sorted(raw))
+        blob = json.dumps({k: raw.get(k) for k in keys}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def default_profile_name() -> str:
+    return "perlmutter" if os.environ.get("NERSC_HOST") == "perlmutter" else "local"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in profile_dir().glob("*.yaml"))
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _explain(err: dict) -> str:
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling and the profile reference in README.md)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error" and "expected" in ctx:
+        return f"got {err.get('input')!r}; allowed: {ctx['expected']}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if "input" in err and kind not in ("value_error", "assertion_error"):
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names allowed at the parent of `loc`, for 'unknown field' errors."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        else:
+            args = getattr(current, "__args__", ())
+            # dict[str, Model] -> Model; Model | None -> Model
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not models:
+                return None
+            current = models[0]
+            if isinstance(part, str) and part not in current.model_fields:
+                continue
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+    args = getattr(current, "__args__", ())
+    models = [a for a in (current, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return sorted(models[0].model_fields) if models else None
+
+
+def parse_profile(raw: Any, path: Path) -> Profile:
+    if not isinstance(raw, dict):
+        raise ArtifactError("a profile must be a YAML mapping of fields", path=path)
+    try:
+        profile = Profile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_path(err["loc"])
+        message = _explain(err)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(Profile, err["loc"])
+            if allowed:
+                message += f"; allowed here: {', '.join(allowed)}"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise ArtifactError(message, path=path, where=f"field '{field}'") from None
+    expected_name = path.stem
+    if profile.name != expected_name:
+        raise ArtifactError(
+            f"name is '{profile.name}' but the file is {path.name}; make them agree",
+            path=path,
+            where="field 'name'",
+        )
+    profile._path = path
+    profile._raw = raw
+    return profile
+
+
+def load_profile(name_or_path: str | Path | None = None) -> Profile:
+    """Load a profile by name (from reproduce/profiles) or by path; validate it."""
+    if name_or_path is None:
+        name_or_path = default_profile_name()
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        path = candidate
+    else:
+        path = profile_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_profiles()) or "none found"
+        raise ArtifactError(f"no such profile; available: {known}", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.line + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ArtifactError(f"not valid YAML: {problem}", path=path, where=where) from None
+    return parse_profile(raw, path)

@@ -1,0 +1,112 @@
+"""The run directory and its manifest.json: one record per stage.
+
+A record holds status, start/end, inputs (content hashes of the upstream files the stage
+read), the hash of the profile sections it depends on, its outputs' hashes, package versions,
+git commit, host and hardware, and a one-line summary. The manifest is updated under a file
+lock (Slurm array tasks may share a run directory) and written atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from artifact.core.errors import ArtifactError
+from artifact.core.io import atomic_write_json, sha256_file
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def hash_tree(root: Path, base: Path) -> dict[str, str]:
+    """sha256 of every regular file under `root`, keyed by its path relative to `base`.
+
+    Temp files of interrupted atomic writes (dot-prefixed, .tmp) are not outputs.
+    """
+    hashes: dict[str, str] = {}
+    if not root.exists():
+        return hashes
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue
+        hashes[path.relative_to(base).as_posix()] = sha256_file(path)
+    return hashes
+
+
+class RunDir:
+    """`runs/<profile>/` by default: one folder per stage plus manifest.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / stage
+
+    def read(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"schema": SCHEMA_VERSION, "stages": {}}
+        try:
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(
+                f"manifest is corrupt ({exc}); move it away to start the run directory afresh",
+                path=self.manifest_path,
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise ArtifactError("manifest has no 'stages' mapping", path=self.manifest_path)
+        return data
+
+    def record(self, stage: str) -> dict | None:
+        return self.read()["stages"].get(stage)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def update(self, stage: str, **fields) -> dict:
+        """Merge `fields` into the stage's record and write the manifest atomically."""
+        with self._locked():
+            data = self.read()
+            record = data["stages"].setdefault(stage, {})
+            record.update(fields)
+            atomic_write_json(self.manifest_path, data)
+            return record
+
+    def set_profile(self, name: str, path: str | None) -> None:
+        with self._locked():
+            data = self.read()
+            previous = data.get("profile")
+            if previous and previous != name:
+                raise ArtifactError(
+                    f"run directory belongs to profile '{previous}', not '{name}'; "
+                    "pick another --run-dir",
+                    path=self.path,
+                )
+            data["profile"] = name
+            data["profile_path"] = path
+            atomic_write_json(self.manifest_path, data)
+
+    def outputs_of(self, stages: tuple[str, ...]) -> dict[str, str]:
+        """Current content hashes of every file the named stages wrote."""
+        hashes: dict[str, str] = {}
+        for stage in stages:
+            hashes.update(hash_tree(self.stage_dir(stage), self.path))
+        return hashes

@@ -1,0 +1,196 @@
+"""Routing capture for transformers MoE models: forward hooks on every top-k router.
+
+Per forward pass the recorder writes, for each MoE layer, the number of tokens and the
+per-expert counts of the top-k choice into a moe-routing log (artifact.routing.format), split by
+phase: prompt tokens (prefill) and generated tokens fed back (decode).
+
+How prompt and generated tokens are told apart under continuous batching: transformers'
+`ContinuousBatchingIOs.prepare_batch_tensors` lays the pass out request by request; for each
+request it knows the position offset already in the cache, the query length of this pass and
+the prompt length. A token at position < prompt length is a prompt token, any other is a
+generated token being fed back. `install_batch_layout_probe` wraps that method (at runtime,
+in our own server process; transformers' source is not modified) to publish this layout for
+the next forward pass. Outside continuous batching (offline replay) every token of a pass is
+a prompt token. Passes without a published layout (the engine's warm-up passes) are counted
+and skipped. Padding tokens (static shapes) lie past the published length and are ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+
+_layout_local = threading.local()
+_probe_installed = False
+
+
+@dataclass
+class PassLayout:
+    """For one forward pass: which of its (unpadded) tokens are prompt tokens."""
+
+    prompt_mask: np.ndarray  # bool[num_tokens]
+
+
+def _publish_layout(requests_in_batch) -> None:
+    masks = []
+    for future_state in requests_in_batch:
+        state = future_state.state
+        past = state.position_offset
+        query = future_state.query_length
+        # _true_initial_tokens survives a soft reset (offloading), initial_tokens may not.
+        prompt_len = getattr(state, "_true_initial_tokens", 0) or len(state.initial_tokens)
+        positions = np.arange(past, past + query)
+        masks.append(positions < prompt_len)
+    mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    _layout_local.pending = PassLayout(prompt_mask=mask)
+
+
+def install_batch_layout_probe() -> None:
+    """Wrap transformers' continuous-batching batch preparation to publish pass layouts."""
+    global _probe_installed
+    if _probe_installed:
+        return
+    from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
+
+    original = ContinuousBatchingIOs.prepare_batch_tensors
+
+    @functools.wraps(original)
+    def prepare_batch_tensors(self, requests_in_batch, *args, **kwargs):
+        _publish_layout(requests_in_batch)  # before the call: it advances position_offset
+        return original(self, requests_in_batch, *args, **kwargs)
+
+    ContinuousBatchingIOs.prepare_batch_tensors = prepare_batch_tensors
+    _probe_installed = True
+
+
+def find_routers(model) -> list[tuple[str, object]]:
+    """(name, module) of every top-k router, in layer order."""
+    routers = []
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("TopKRouter") and hasattr(module, "top_k"):
+            routers.append((name, module))
+    if not routers:
+        raise ValueError(f"no MoE top-k routers found in {type(model).__name__}")
+    return routers
+
+
+class RoutingRecorder:
+    """Hooks every router of `model`; writes one step per forward pass to the current log.
+
+    `prefill_only=True` treats every pass as prompt tokens (offline replay without a
+    continuous-batching layout).
+    """
+
+    def __init__(self, model, *, source: str, prefill_only: bool = False, meta: dict | None = None):
+        self.model = model
+        self.routers = find_routers(model)
+        self.layer_index = {id(m): i for i, (_, m) in enumerate(self.routers)}
+        config = model.config.get_text_config()
+        self.num_experts = int(config.num_local_experts)
+        self.top_k = int(config.num_experts_per_tok)
+        self.source = source
+        self.prefill_only = prefill_only
+        self.meta = meta or {}
+        self._lock = threading.Lock()
+        self._writer: RoutingWriter | None = None
+        self._rows: list = []
+        self._layout: PassLayout | None = None
+        self._handles = []
+        self.step = 0
+        self.skipped_passes = 0
+        self.tokens_recorded = {"prefill": 0, "decode": 0}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def attach(self) -> RoutingRecorder:
+        top = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model
+        self._handles.append(top.register_forward_pre_hook(self._begin_pass))
+        self._handles.append(top.register_forward_hook(self._end_pass))
+        for _, module in self.routers:
+            self._handles.append(module.register_forward_hook(self._on_router))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.stop()
+
+    def start(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write the following passes to a new log at `path` (closing any current one)."""
+        header = RoutingHeader(
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            num_layers=len(self.routers),
+            layer_names=tuple(name for name, _ in self.routers),
+            source=self.source,
+            meta={**self.meta, **(meta or {})},
+        )
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = RoutingWriter(path, header)
+            self.step = 0
+            self.skipped_passes = 0
+            self.tokens_recorded = {"prefill": 0, "decode": 0}
+
+    def stop(self) -> dict:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            return self.stats()
+
+    def stats(self) -> dict:
+        return {
+            "steps": self.step,
+            "skipped_passes": self.skipped_passes,
+            "tokens": dict(self.tokens_recorded),
+        }
+
+    # --- hooks ---------------------------------------------------------------------------
+    def _begin_pass(self, module, args, kwargs=None) -> None:
+        self._rows = []
+        self._layout = getattr(_layout_local, "pending", None)
+        _layout_local.pending = None
+
+    def _on_router(self, module, inputs, output) -> None:
+        if self._writer is None:
+            return
+        indices = output[-1]  # (router_logits, scores, indices[num_tokens, top_k])
+        # Kept on the device until the pass ends: one host sync per pass, not one per layer.
+        self._rows.append((self.layer_index[id(module)], indices.detach()))
+
+    def _end_pass(self, module, inputs, output) -> None:
+        with self._lock:
+            if self._writer is None or not self._rows:
+                return
+            layout = self._layout
+            if layout is None and not self.prefill_only:
+                self.skipped_passes += 1  # warm-up pass of the engine, not a request
+                return
+            rows = []
+            for layer, indices in self._rows:
+                indices = indices.to("cpu").numpy().reshape(-1, indices.shape[-1])
+                if layout is None:
+                    parts = {"prefill": indices}
+                else:
+                    real = indices[: layout.prompt_mask.size]
+                    parts = {
+                        "prefill": real[layout.prompt_mask],
+                        "decode": real[~layout.prompt_mask],
+                    }
+                for phase, chosen in parts.items():
+                    if chosen.shape[0] == 0:
+                        continue
+                    counts = np.bincount(chosen.ravel(), minlength=self.num_experts)
+                    rows.append((self.step, layer, PHASE_CODE[phase], chosen.shape[0], counts))
+                    if layer == 0:
+                        self.tokens_recorded[phase] += int(chosen.shape[0])
+            self._writer.write_step(rows)
+            self.step += 1

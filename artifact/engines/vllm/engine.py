@@ -1,0 +1,559 @@
+"""The vLLM engine: `vllm serve` per mode, bare or in a container, checked against its own log.
+
+Modes map onto `vllm serve` arguments (argument lists, never shell strings):
+
+- baseline: `--tensor-parallel-size 4` (Triton fused_moe on every rank, experts sharded);
+- all2all: `--data-parallel-size 4 --enable-expert-parallel` (2 experts per rank, the
+  all2all manager named by `VLLM_ALL2ALL_BACKEND` or the build's default);
+- all2all with EPLB: as above plus `--enable-eplb` and the EPLB knobs
+  (`--eplb-config JSON` from 0.10.2 on, `--num-redundant-experts`, `--eplb-window-size`,
+  `--eplb-step-interval`, `--eplb-log-balancedness` before), which needs vLLM >= 0.11.0 for
+  Mixtral.
+
+Every server runs with `--enforce-eager` (the routing plugin's hooks need eager execution,
+and the original study ran eager too) and `--no-enable-prefix-caching` (measured
+repetitions resend the same prompts; the original study ran each configuration once, with
+the default prefix cache on), and binds 127.0.0.1. Launchers: `bare` (the `vllm` on
+PATH), `podman-hpc` (`podman-hpc run --gpu --net host`, shared memory, the Hugging Face
+cache, the run directory and any profile mounts bound at the same paths) and `apptainer`
+(`apptainer exec --nv --cleanenv`). `start(..., nsys_report=PATH)` runs the server under
+`nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
+servers run under nsys).
+
+The log is kept: its first line (`moe-artifact launch: {...}`) records launcher, image,
+build, the command and the VLLM_* environment (never a token); `provenance()` parses the
+live log with artifact.engines.vllm.provenance and `check_provenance` lists every contradiction to
+the mode. Routing capture goes through the general plugin (artifact.engines.vllm.plugin): the server
+writes a control file that the plugin in every worker polls; each rank writes its own
+moe-routing log, merged into the requested file when the capture stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import fields
+from pathlib import Path
+
+from artifact.config.profiles import Mode
+from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.io import atomic_write_json
+from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
+from artifact.engines.vllm.cli_surface import ENV, FLAGS
+from artifact.engines.vllm.provenance import (
+    FLASHINFER,
+    LogProvenance,
+    expectation_flags,
+    expectation_from_mode,
+    gpu_compute_capability,
+    intrinsic_flags,
+    parse_log,
+)
+
+CONTROL_ENV = "MOE_ARTIFACT_ROUTING_CONTROL"
+ALL2ALL_BACKENDS = {
+    "2f13319f": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
+    "0.11.0": (
+        "naive",
+        "pplx",
+        "deepep_high_throughput",
+        "deepep_low_latency",
+        "allgather_reducescatter",
+        "flashinfer_all2allv",
+    ),
+}
+# Variables passed into containers by name only (values never on a command line or in a log).
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+LAUNCH_PREFIX = "moe-artifact launch: "
+
+
+def surface_key(ref: str | None) -> str | None:
+    """The cli_surface table a vLLM ref is checked against (None: unknown build)."""
+    if not ref:
+        return None
+    ref = ref.strip()
+    for key in FLAGS:
+        if re.fullmatch(r"[0-9a-f]{7,40}", key) and key.startswith(ref[:8]):
+            return key
+        if re.fullmatch(r"[0-9a-f]{7,40}", ref) and ref.startswith(key):
+            return key
+    bare = ref.lstrip("v")
+    return bare if bare in FLAGS else None
+
+
+def is_at_least_0110(key: str | None) -> bool:
+    return (
+        key is not None
+        and not re.fullmatch(r"[0-9a-f]{7,40}", key)
+        and (tuple(int(x) for x in key.split(".")[:3]) >= (0, 11, 0))
+    )
+
+
+def flag_names(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+class VllmServer(Server):
+    """A `vllm serve` process: /health for readiness, the log for provenance."""
+
+    def __init__(self, *args, engine: VllmEngine, mode_name: str, container: str | None, **kw):
+        super().__init__(*args, **kw)
+        self.engine = engine
+        self.mode_name = mode_name
+        self.container = container
+        self.control_path = self.log_path.parent / "routing-control.json"
+        self.nsys_report: Path | None = None
+        self._routing: Path | None = None
+
+    def _get(self, path: str, timeout: float) -> tuple[int, bytes]:
+        with urllib.request.urlopen(self.base_url + path, timeout=timeout) as resp:
+            return resp.status, resp.read()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive("start-up")
+            try:
+                status, _ = self._get(self.ready_path, timeout=2.0)
+                if status == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise StageFailed(
+            f"the vLLM server did not become healthy within {timeout_s:.0f} s; "
+            f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+        )
+
+    def provenance(self) -> dict:
+        prov = parse_log(self.log_path)
+        data = prov.to_json()
+        data.update(
+            {
+                "engine": "vllm",
+                "versions": {"vllm": prov.vllm_version},
+                "mode": self.mode_name,
+                "top_k": self.engine.top_k,
+                "experts_implementation": None,
+                "served_model": self.model_id,
+            }
+        )
+        return data
+
+    # --- routing capture through the plugin's control file --------------------------------
+    def start_routing(self, path: Path, meta: dict | None = None, timeout_s: float = 60.0):
+        """Ask every logging rank to capture into `path`; returns once each has opened its log.
+
+        Waiting for the ranks' files means no step of the measured run is missed, and a
+        missing plugin fails here, before the benchmark runs.
+        """
+        from artifact.engines.vllm.plugin.merge import rank_log_paths
+
+        if self._routing is not None:
+            self.stop_routing()
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f"{path.name}.rank*"):
+            old.unlink()
+        control = {"path": str(path), "meta": meta or {}, "serial": time.time_ns()}
+        atomic_write_json(self.control_path, control)
+        self._routing = path
+        ranks = self.engine.logging_ranks(self.mode_name)
+        deadline = time.monotonic() + timeout_s
+        while len(rank_log_paths(path)) < ranks:
+            self.check_alive("routing start")
+            if time.monotonic() > deadline:
+                raise StageFailed(
+                    f"{path}: {len(rank_log_paths(path))} of {ranks} ranks opened a routing "
+                    f"log within {timeout_s:.0f} s (is the moe-artifact vLLM plugin installed "
+                    "in the image, and has the server run a request since it started?)"
+                )
+            time.sleep(0.1)
+
+    def stop_routing(self, timeout_s: float = 60.0) -> dict:
+        from artifact.engines.vllm.plugin.merge import merge_rank_logs, rank_log_paths
+
+        path = self._routing
+        if path is None:
+            return {}
+        atomic_write_json(self.control_path, {"path": None, "serial": time.time_ns()})
+        self._routing = None
+        ranks = self.engine.logging_ranks(self.mode_name)
+        deadline = time.monotonic() + timeout_s
+        done = []
+        while time.monotonic() < deadline:
+            done = [p for p in rank_log_paths(path) if p.with_name(p.name + ".done").exists()]
+            if len(done) >= ranks:
+                break
+            self.check_alive("routing capture")
+            time.sleep(0.2)
+        else:
+            raise StageFailed(
+                f"{path}: {len(done)} of {ranks} ranks closed their routing logs within "
+                f"{timeout_s:.0f} s (is the moe-artifact vLLM plugin installed in the image "
+                "and the server run with --enforce-eager?)"
+            )
+        return merge_rank_logs(path, done)
+
+    def stop(self, grace_s: float | None = None) -> int:
+        if grace_s is None:  # nsys writes its report after the server exits
+            grace_s = 600.0 if self.nsys_report is not None else 60.0
+        code = super().stop(grace_s)
+        if self.container and shutil.which(self.engine.profile.engine.launcher):
+            # A container whose client was killed can outlive it; remove it by name.
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [self.engine.profile.engine.launcher, "rm", "-f", self.container],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=60,
+                    check=False,
+                )
+        return code
+
+
+class VllmEngine(Engine):
+    kind = "vllm"
+
+    # --- what a mode is -------------------------------------------------------------------
+    def mode_ref(self, mode: Mode) -> str | None:
+        return mode.vllm_ref or self.profile.engine.vllm_ref
+
+    def mode_image(self, mode: Mode) -> str | None:
+        return mode.image or self.profile.engine.image
+
+    @property
+    def top_k(self) -> int:
+        return int(self.profile.model.architecture.get("num_experts_per_tok", 2))
+
+    @property
+    def model_name(self) -> str:
+        model = self.profile.model
+        if model.source == "hub" and model.hub_id:
+            return model.hub_id
+        return str(self.model_dir)
+
+    def logging_ranks(self, mode_name: str) -> int:
+        """How many routing logs a capture yields: one per data-parallel rank."""
+        return self.profile.modes[mode_name].data_parallel_size
+
+    def validate_mode(self, name: str, mode: Mode) -> None:
+        where = f"field 'modes.{name}'"
+        path = self.profile.path
+
+        def fail(message: str) -> None:
+            raise ArtifactError(message, path=path, where=where)
+
+        if mode.experts_implementation:
+            fail("experts_implementation is a transformers knob; vLLM modes choose TP/DP/EP")
+        ref = self.mode_ref(mode)
+        key = surface_key(ref)
+        if key is None:
+            fail(
+                f"vLLM build {ref!r} is not one this artifact knows the flags of "
+                f"({', '.join(sorted(FLAGS))}); set engine.vllm_ref or the mode's vllm_ref"
+            )
+        gpus = self.profile.hardware.gpus
+        used = mode.tensor_parallel_size * mode.data_parallel_size
+        if gpus and used > gpus:
+            fail(
+                f"TP {mode.tensor_parallel_size} x DP {mode.data_parallel_size} needs {used} "
+                f"GPUs, the profile's hardware has {gpus}"
+            )
+        if mode.enable_eplb and not mode.enable_expert_parallel:
+            fail("enable_eplb needs enable_expert_parallel (vLLM refuses EPLB without EP)")
+        if mode.eplb is not None and not mode.enable_eplb:
+            fail("eplb settings given but enable_eplb is false")
+        if mode.enable_eplb and "mixtral" in self.model_name.lower() and not is_at_least_0110(key):
+            fail(
+                f"vLLM {ref} has no EPLB support for Mixtral (it arrived by 0.11.0): "
+                "--enable-eplb would be accepted and do nothing; give this mode vllm_ref "
+                "v0.11.0 and its image"
+            )
+        if mode.all2all_backend:
+            if not (mode.enable_expert_parallel and mode.data_parallel_size > 1):
+                fail(
+                    "all2all_backend needs enable_expert_parallel and data_parallel_size > 1 "
+                    "(vLLM creates no all2all manager otherwise)"
+                )
+            choices = ALL2ALL_BACKENDS["0.11.0" if is_at_least_0110(key) else "2f13319f"]
+            if mode.all2all_backend not in choices:
+                fail(
+                    f"all2all_backend {mode.all2all_backend!r} does not exist in vLLM {ref}; "
+                    f"choices: {', '.join(choices)}"
+                )
+        if mode.moe_kernel == FLASHINFER:
+            cc = gpu_compute_capability(self.profile.hardware.gpu_model)
+            reasons = []
+            if not is_at_least_0110(key):
+                reasons.append(f"vLLM {ref} has no bf16 FlashInfer CUTLASS MoE")
+            if mode.data_parallel_size > 1:
+                reasons.append("it is unavailable with data_parallel_size > 1")
+            if not mode.enable_expert_parallel:
+                reasons.append("it needs enable_expert_parallel")
+            if cc is not None and cc < 9:
+                reasons.append(f"{self.profile.hardware.gpu_model} has compute capability {cc}")
+            if reasons:
+                fail("moe_kernel flashinfer_cutlass_moe cannot run: " + "; ".join(reasons))
+        unknown = [f for f in flag_names(mode.extra_args) if f not in FLAGS[key]]
+        if unknown:
+            fail(f"extra_args name flags that `vllm serve` of {ref} does not have: {unknown}")
+        bogus = [n for n in mode.env if n.startswith("VLLM_") and n not in ENV[key]]
+        if bogus:
+            fail(f"env sets variables that vLLM {ref} does not read: {bogus}")
+        if self.profile.engine.launcher != "bare" and not self.mode_image(mode):
+            fail(f"launcher {self.profile.engine.launcher} needs engine.image or the mode's image")
+
+    # --- the command ----------------------------------------------------------------------
+    def serve_args(self, mode: Mode, limits: ServerLimits, port: int) -> list[str]:
+        """`vllm serve ...` for a mode at some limits (checked against the build's flags)."""
+        key = surface_key(self.mode_ref(mode))
+        model = self.profile.model
+        args = [
+            "vllm",
+            "serve",
+            self.model_name,
+            "--host",
+            self.profile.engine.host,
+            "--port",
+            str(port),
+            "--dtype",
+            model.dtype,
+            "--max-model-len",
+            str(model.max_model_len),
+            "--enforce-eager",
+            # Repetitions and warm-up send the same prompts: a prefix cache would serve the
+            # repeats from cache (lower TTFT, and tokens the routing capture never sees).
+            "--no-enable-prefix-caching",
+            "--max-num-seqs",
+            str(limits.max_num_seqs),
+            "--max-num-batched-tokens",
+            str(limits.max_num_batched_tokens),
+            "--tensor-parallel-size",
+            str(mode.tensor_parallel_size),
+        ]
+        if mode.data_parallel_size > 1:
+            args += ["--data-parallel-size", str(mode.data_parallel_size)]
+        if mode.enable_expert_parallel:
+            args.append("--enable-expert-parallel")
+        if mode.enable_eplb:
+            args.append("--enable-eplb")
+            args += self.eplb_args(mode, key)
+        args += list(mode.extra_args)
+        return args
+
+    def eplb_args(self, mode: Mode, key: str | None) -> list[str]:
+        eplb = mode.eplb
+        if eplb is None:
+            return []
+        if key is not None and "--eplb-config" in FLAGS[key]:
+            config = {
+                name: value
+                for name, value in (
+                    ("window_size", eplb.window_size),
+                    ("step_interval", eplb.step_interval),
+                    ("num_redundant_experts", eplb.num_redundant_experts),
+                    ("log_balancedness", eplb.log_balancedness or None),
+                )
+                if value is not None
+            }
+            return ["--eplb-config", json.dumps(config, sort_keys=True)] if config else []
+        args = []
+        if eplb.num_redundant_experts is not None:
+            args += ["--num-redundant-experts", str(eplb.num_redundant_experts)]
+        if eplb.window_size is not None:
+            args += ["--eplb-window-size", str(eplb.window_size)]
+        if eplb.step_interval is not None:
+            args += ["--eplb-step-interval", str(eplb.step_interval)]
+        if eplb.log_balancedness:
+            args.append("--eplb-log-balancedness")
+        return args
+
+    def server_env(self, mode: Mode, control: Path | None) -> dict[str, str]:
+        """Variables the server needs (names and values; secrets are never included)."""
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if self.profile.engine.hf_home:
+            env["HF_HOME"] = self.expand(self.profile.engine.hf_home, "engine.hf_home")
+        if mode.all2all_backend:
+            env["VLLM_ALL2ALL_BACKEND"] = mode.all2all_backend
+        if control is not None:
+            env[CONTROL_ENV] = str(control)
+        env.update(mode.env)
+        return env
+
+    def expand(self, value: str, field: str) -> str:
+        """$VARS in a profile path, expanded; an unset variable is an error, not a '$' path."""
+        expanded = os.path.expandvars(value)
+        if "$" in expanded:
+            raise ArtifactError(
+                f"{value!r} names an environment variable that is not set here",
+                path=self.profile.path,
+                where=f"field '{field}'",
+            )
+        return expanded
+
+    def nsys_args(self, report: Path) -> list[str]:
+        return [
+            "nsys",
+            "profile",
+            "--trace",
+            self.profile.engine.nsys_trace,
+            "--trace-fork-before-exec=true",
+            "--force-overwrite=true",
+            "--output",
+            str(report),
+        ]
+
+    def launch_args(
+        self,
+        mode: Mode,
+        inner: list[str],
+        env: dict[str, str],
+        binds: list[Path],
+        container: str | None,
+    ) -> list[str]:
+        """Wrap `inner` (the command to run) in the profile's launcher."""
+        engine = self.profile.engine
+        mounts = [self.expand(m, "engine.mounts") for m in engine.mounts]
+        paths = sorted({str(p) for p in binds} | ({env["HF_HOME"]} if "HF_HOME" in env else set()))
+        if engine.launcher == "bare":
+            return inner
+        image = str(self.mode_image(mode))
+        if engine.launcher == "podman-hpc":
+            cmd = ["podman-hpc", "run", "--rm", "--gpu", "--net", "host"]
+            if container:
+                cmd += ["--name", container]
+            cmd += ["--shm-size", engine.shm_size or "16g"]
+            for path in paths:
+                cmd += ["-v", f"{path}:{path}"]
+            for mount in mounts:
+                cmd += ["-v", mount]
+            for name, value in sorted(env.items()):
+                cmd += ["-e", f"{name}={value}"]
+            for name in SECRET_ENV:
+                cmd += ["-e", name]  # passed through by name: the value never shows
+            return [*cmd, image, *inner]
+        cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
+        for path in paths:
+            cmd += ["--bind", f"{path}:{path}"]
+        for mount in mounts:
+            cmd += ["--bind", mount]
+        for name, value in sorted(env.items()):
+            cmd += ["--env", f"{name}={value}"]
+        return [*cmd, image, *inner]
+
+    def command(
+        self,
+        mode: Mode,
+        limits: ServerLimits,
+        port: int,
+        *,
+        log_path: Path | None = None,
+        nsys_report: Path | None = None,
+        container: str | None = None,
+    ) -> list[str]:
+        inner = self.serve_args(mode, limits, port)
+        if nsys_report is not None:
+            inner = self.nsys_args(nsys_report) + inner
+        control = (log_path.parent / "routing-control.json") if log_path else None
+        env = self.server_env(mode, control)
+        binds = [run_root(log_path)] if log_path else []
+        return self.launch_args(mode, inner, env, binds, container)
+
+    # --- running it -----------------------------------------------------------------------
+    def start(
+        self,
+        mode_name: str,
+        limits: ServerLimits,
+        log_path: Path,
+        nsys_report: Path | None = None,
+    ) -> VllmServer:
+        mode = self.profile.modes[mode_name]
+        self.validate_mode(mode_name, mode)
+        engine = self.profile.engine
+        port = free_port(engine.host)
+        log_path = Path(log_path).resolve()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        container = None
+        if engine.launcher == "podman-hpc":
+            container = f"moe-artifact-{os.getpid()}-{port}"
+        control = log_path.parent / "routing-control.json"
+        control.unlink(missing_ok=True)
+        argv = self.command(
+            mode,
+            limits,
+            port,
+            log_path=log_path,
+            nsys_report=nsys_report,
+            container=container,
+        )
+        server_env = self.server_env(mode, control)
+        env = dict(os.environ, **server_env)
+        if engine.launcher == "apptainer":
+            for name in SECRET_ENV:
+                if name in os.environ:
+                    env[f"APPTAINERENV_{name}"] = os.environ[name]
+        launch = {
+            "launcher": engine.launcher,
+            "image": self.mode_image(mode) if engine.launcher != "bare" else None,
+            "vllm_ref": self.mode_ref(mode),
+            "mode": mode_name,
+            "argv": argv,
+            "env": {k: v for k, v in server_env.items() if k not in SECRET_ENV},
+            "nsys_report": str(nsys_report) if nsys_report else None,
+        }
+        with open(log_path, "ab") as log:
+            log.write((LAUNCH_PREFIX + json.dumps(launch, sort_keys=True) + "\n").encode())
+            log.flush()
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise ArtifactError(
+                    f"cannot start {argv[0]!r}: not on PATH (launcher {engine.launcher})",
+                    path=self.profile.path,
+                    where="field 'engine.launcher'",
+                ) from None
+        server = VllmServer(
+            process,
+            f"http://{engine.host}:{port}",
+            self.model_name,
+            log_path,
+            ready_path="/health",
+            engine=self,
+            mode_name=mode_name,
+            container=container,
+        )
+        server.nsys_report = nsys_report
+        server.wait_ready(engine.startup_timeout_s)
+        return server
+
+    def check_provenance(self, mode_name: str, limits: ServerLimits, provenance: dict) -> list[str]:
+        known = {f.name for f in fields(LogProvenance)}
+        prov = LogProvenance(**{k: v for k, v in provenance.items() if k in known})
+        expectation = expectation_from_mode(self.profile, mode_name, limits)
+        flags = intrinsic_flags(prov)
+        more, _notes = expectation_flags(prov, expectation)
+        return flags + [f for f in more if f not in flags]
+
+
+def run_root(log_path: Path) -> Path:
+    """The run directory holding `log_path` (the folder with manifest.json), else its folder."""
+    for parent in log_path.parents:
+        if (parent / "manifest.json").exists():
+            return parent
+    return log_path.parent

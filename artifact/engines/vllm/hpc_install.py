@@ -1,0 +1,309 @@
+"""The install stage for hub models served by vLLM (the perlmutter profile): images, weights.
+
+Images (launcher podman-hpc): every image the profile's modes use (engine.image, any
+mode.image), each with the vLLM ref of the modes that use it. An image is one resumable
+unit, done when `install/images/<tag>.json` exists and `podman-hpc image inspect` still finds
+it. Otherwise: an image that inspect finds is reused, else built with `containers/build.sh
+--tool podman-hpc --variant gpu --vllm-ref REF --tag TAG --info FILE` or, with
+IMAGE_PULL=registry/path set, pulled as `registry/path:<tag's version>` and tagged; then
+`podman-hpc migrate TAG` makes it visible on compute nodes. The record holds the digest, the
+size and the versions inside the image (containers/image_info.py's JSON): build.sh's --info
+file for a build, `image inspect` plus the image's own /opt/moe-artifact/image-info.json
+otherwise. `install/images.json` collects them. Launcher `bare` (vllm on PATH) has no image.
+
+Weights: a complete snapshot of model.hub_id in the Hugging Face cache (engine.hf_home, else
+$HF_HOME or ~/.cache/huggingface): config.json and every safetensors file that
+model.safetensors.index.json lists, at the commit refs/main names. Missing: downloaded with
+huggingface_hub's snapshot_download inside the engine's image (bare: by this Python), the
+token passed by name only (`-e HF_TOKEN`), never on a command line or in a log. Then
+`install/model.json`: model_dir (the snapshot folder, what later stages serve), hub_id,
+revision and commit, the safetensors files with their sizes.
+
+Every command's output goes to `install/logs/<step>.log`; a failing command is a
+StageFailed naming its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from artifact.config.profiles import Profile, project_root
+from artifact.core.console import console, track
+from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.io import atomic_write_json, read_json
+from artifact.engines.base import log_tail
+from artifact.engines.vllm.engine import VllmEngine
+
+REVISION = "main"
+IMAGE_INFO = "/opt/moe-artifact/image-info.json"  # written by containers/image_info.py
+PULL_ENV = "IMAGE_PULL"
+TOKEN_ENV = "HF_TOKEN"
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+DOWNLOAD = (
+    "import sys; from huggingface_hub import snapshot_download; "
+    f"print(snapshot_download(sys.argv[1], revision={REVISION!r}, "
+    f"allow_patterns={WEIGHT_PATTERNS!r}))"
+)
+
+
+def run_logged(argv: list[str], log: Path, what: str, env: dict | None = None) -> str:
+    """Run `argv`, appending its output to `log`; returns stdout. Fails naming the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"$ {json.dumps(argv)}\n")
+        fh.flush()
+        try:
+            proc = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, check=False
+            )
+        except FileNotFoundError:
+            raise ArtifactError(f"{what}: {argv[0]!r} is not on PATH") from None
+        fh.write(proc.stdout)
+    if proc.returncode != 0:
+        raise StageFailed(
+            f"{what} failed (exit code {proc.returncode}); last lines of {log}:\n{log_tail(log)}"
+        )
+    return proc.stdout
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def profile_images(profile: Profile) -> dict[str, str]:
+    """{image tag: vLLM ref} of every mode; one tag built from two refs is an error."""
+    engine = VllmEngine(profile, Path())  # image names need no model folder
+    images: dict[str, str] = {}
+    for name, mode in profile.modes.items():
+        tag, ref = engine.mode_image(mode), engine.mode_ref(mode)
+        if tag is None:
+            continue
+        if images.setdefault(tag, ref) != ref:
+            raise ArtifactError(
+                f"image {tag} is given two vLLM refs ({images[tag]} and {ref}); "
+                "give each build its own image tag",
+                path=profile.path,
+                where=f"field 'modes.{name}'",
+            )
+    return images
+
+
+def safe_name(tag: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+
+
+class ImageInstaller:
+    def __init__(self, launcher: str, out: Path):
+        self.launcher = launcher
+        self.out = out
+
+    def inspect(self, tag: str, field: str) -> str | None:
+        """`image inspect --format {{.FIELD}}`, or None when there is no such image."""
+        proc = subprocess.run(
+            [self.launcher, "image", "inspect", "--format", f"{{{{.{field}}}}}", tag],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def described(self, tag: str, how: str, log: Path) -> dict:
+        """The record of an image not built here: inspect plus the image's own info file."""
+        size = self.inspect(tag, "Size")
+        inside = run_logged(
+            [self.launcher, "run", "--rm", tag, "cat", IMAGE_INFO], log, f"reading {IMAGE_INFO}"
+        )
+        return {
+            "tag": tag,
+            "tool": self.launcher,
+            "digest": self.inspect(tag, "Digest"),
+            "size_bytes": int(size) if size and size.isdigit() else None,
+            "image": json.loads(inside),
+            "how": how,
+        }
+
+    def install(self, tag: str, ref: str) -> dict:
+        marker = self.out / "images" / f"{safe_name(tag)}.json"
+        found = self.inspect(tag, "Id") is not None
+        if marker.exists() and found:
+            console.print(f"  image {tag}: installed before, reused")
+            return read_json(marker)
+        log = self.out / "logs" / f"image-{safe_name(tag)}.log"
+        pull = os.environ.get(PULL_ENV)
+        if found:
+            console.print(f"  image {tag}: found by {self.launcher}, reused")
+            how = "reused"
+        elif pull:
+            source = f"{pull}:{tag.rsplit(':', 1)[-1]}"
+            console.print(f"  image {tag}: pulling {source} (log {log})")
+            run_logged([self.launcher, "pull", source], log, f"pulling {source}")
+            run_logged([self.launcher, "tag", source, tag], log, f"tagging {source} as {tag}")
+            how = f"pulled from {source}"
+        else:
+            info = self.out / "images" / f"{safe_name(tag)}.build.json"
+            console.print(
+                f"  image {tag}: building vLLM {ref} with containers/build.sh (log {log})"
+            )
+            run_logged(
+                [
+                    str(project_root() / "containers" / "build.sh"),
+                    "--tool",
+                    self.launcher,
+                    "--variant",
+                    "gpu",
+                    "--vllm-ref",
+                    ref,
+                    "--tag",
+                    tag,
+                    "--info",
+                    str(info),
+                ],
+                log,
+                f"building image {tag}",
+            )
+            how = "built"
+        console.print(f"  image {tag}: podman-hpc migrate (for the compute nodes)")
+        run_logged([self.launcher, "migrate", tag], log, f"migrating image {tag}")
+        if how == "built":
+            record = {**read_json(info), "how": how}
+        else:
+            record = self.described(tag, how, log)
+        record["vllm_ref"] = ref
+        atomic_write_json(marker, record)
+        return record
+
+
+# --- weights -------------------------------------------------------------------------------
+
+
+def hf_home(engine: VllmEngine) -> Path:
+    configured = engine.profile.engine.hf_home
+    if configured:
+        return Path(engine.expand(configured, "engine.hf_home"))
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+
+
+def snapshot(hf: Path, hub_id: str) -> tuple[Path | None, str | None, list[str]]:
+    """(snapshot folder, commit, missing files) of the cached `hub_id` at REVISION."""
+    repo = hf / "hub" / f"models--{hub_id.replace('/', '--')}"
+    ref = repo / "refs" / REVISION
+    if not ref.is_file():
+        return None, None, [f"{ref} (no snapshot of {hub_id})"]
+    commit = ref.read_text(encoding="utf-8").strip()
+    folder = repo / "snapshots" / commit
+    wanted = ["config.json", "model.safetensors.index.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        wanted += sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    # exists() follows the cache's symlinks into blobs/: a partial download has dangling ones.
+    missing = [name for name in wanted if not (folder / name).exists()]
+    return folder, commit, missing
+
+
+def download_argv(engine: VllmEngine, hf: Path) -> list[str]:
+    launcher = engine.profile.engine.launcher
+    hub_id = engine.profile.model.hub_id
+    if launcher == "bare":
+        return [sys.executable, "-c", DOWNLOAD, hub_id]
+    image = str(engine.profile.engine.image)
+    return [
+        launcher,
+        "run",
+        "--rm",
+        "-e",
+        TOKEN_ENV,  # by name: the value stays in the environment
+        "-e",
+        f"HF_HOME={hf}",
+        "-v",
+        f"{hf}:{hf}",
+        image,
+        "python",
+        "-c",
+        DOWNLOAD,
+        hub_id,
+    ]
+
+
+def install_weights(engine: VllmEngine, out: Path) -> dict:
+    model = engine.profile.model
+    hf = hf_home(engine)
+    folder, commit, missing = snapshot(hf, model.hub_id)
+    if missing:
+        if not os.environ.get(TOKEN_ENV):
+            raise ArtifactError(
+                f"{model.hub_id} is not complete in the Hugging Face cache {hf} (missing "
+                f"{missing[0]}) and downloading it needs a token: the model is gated; accept "
+                f"its terms on huggingface.co and `export {TOKEN_ENV}=...` (it is passed by "
+                "name, never printed), then rerun the install stage"
+            )
+        log = out / "logs" / "weights.log"
+        console.print(f"  weights: downloading {model.hub_id} into {hf} (log {log})")
+        hf.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, HF_HOME=str(hf))
+        run_logged(download_argv(engine, hf), log, f"downloading {model.hub_id}", env=env)
+        folder, commit, missing = snapshot(hf, model.hub_id)
+        if missing:
+            raise StageFailed(
+                f"{model.hub_id}: the download finished but {missing[0]} is missing from "
+                f"the cache; see {log}"
+            )
+    else:
+        console.print(f"  weights: {model.hub_id} complete in {hf}, reused")
+    assert folder is not None
+    files = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
+    return {
+        "model_dir": str(folder),
+        "name": model.name,
+        "source": model.source,
+        "hub_id": model.hub_id,
+        "revision": REVISION,
+        "commit": commit,
+        "hf_home": str(hf),
+        "dtype": model.dtype,
+        "files": files,
+    }
+
+
+def install_hub(profile: Profile, out: Path) -> tuple[dict, str]:
+    """Images and weights of a hub model served by vLLM; returns (model record, summary)."""
+    if profile.engine.kind != "vllm":
+        raise ArtifactError(
+            f"hub models are served by the vLLM engine here, not {profile.engine.kind}",
+            path=profile.path,
+            where="field 'engine.kind'",
+        )
+    launcher = profile.engine.launcher
+    if launcher == "apptainer":
+        raise ArtifactError(
+            "the install stage builds podman-hpc images; for apptainer build the .sif with "
+            "`containers/build.sh --tool apptainer --variant gpu --vllm-ref REF --tag FILE.sif`",
+            path=profile.path,
+            where="field 'engine.launcher'",
+        )
+    engine = VllmEngine(profile, Path())
+    images = {}
+    if launcher != "bare":
+        if shutil.which(launcher) is None:
+            raise ArtifactError(
+                f"{launcher} is not on PATH: run the install on a Perlmutter login node "
+                "(reproduce/perlmutter/install.sh)",
+                path=profile.path,
+                where="field 'engine.launcher'",
+            )
+        installer = ImageInstaller(launcher, out)
+        for tag, ref in track(list(profile_images(profile).items()), "images"):
+            images[tag] = installer.install(tag, ref)
+        atomic_write_json(out / "images.json", images)
+    record = install_weights(engine, out)
+    size_gb = sum(record["files"].values()) / 2**30
+    summary = (
+        f"{record['hub_id']} at {str(record['commit'])[:12]} ({len(record['files'])} "
+        f"safetensors files, {size_gb:.1f} GB) in {record['hf_home']}"
+        + (f"; images {', '.join(images)}" if images else "")
+    )
+    return record, summary

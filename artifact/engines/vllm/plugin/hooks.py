@@ -1,0 +1,534 @@
+"""The routing hooks inside vLLM's worker processes.
+
+What each rank records, per engine step and MoE layer, split by phase (prompt tokens vs
+generated tokens fed back), as moe-routing v1 records (artifact.routing.format):
+
+- tensor parallel: every rank routes the same tokens, so only TP rank 0 writes;
+- data parallel + expert parallel: `select_experts` sees the all-gathered global batch, in
+  DP-rank order; each DP rank records only its own slice of it (offsets from the forward
+  context's DP metadata) and skips its own dummy batches (the 1-token passes an idle rank
+  runs to join the collectives). Summing the ranks' logs gives each real token once.
+
+Counts are per global expert id. With EPLB, `select_experts` returns physical ids (replicas
+included); the hooks then recount the logical choice from the router logits (plain
+softmax top-k, Mixtral's routing) and say so in the header (`meta.ids`).
+
+Control: the server writes a JSON control file (`MOE_ARTIFACT_ROUTING_CONTROL`):
+`{"path": "/run/x.routing", "meta": {...}}` starts a capture, `{"path": null}` stops it. A
+thread polls it (every 0.2 s) so a stop lands while the engine is idle; each rank then
+closes `<path>.rank<R>` and writes `<path>.rank<R>.done` (its stats), which the server
+waits for before merging the ranks into `<path>` (artifact.engines.vllm.plugin.merge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artifact.engines.vllm.plugin import CONTROL_ENV
+from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+
+logger = logging.getLogger("moe_artifact.vllm_plugin")
+POLL_S = 0.2
+_installed = False
+
+
+def rank_log_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.name}.rank{rank}")
+
+
+class Recorder:
+    """Per-process state: the current step, layer and writer."""
+
+    def __init__(self, control_path: str | None):
+        self.control_path = Path(control_path) if control_path else None
+        self.lock = threading.RLock()
+        self.local = threading.local()
+        self.writer: RoutingWriter | None = None
+        self.writer_path: Path | None = None
+        self.layers: list[tuple[str, Any]] | None = None  # (name, module) in model order
+        self.layer_index: dict[str, int] = {}
+        self.runner: Any = None
+        self.dp_rank = 0
+        self.dp_size = 1
+        self.tp_rank = 0
+        self.world_rank = 0
+        self.world_size = 1
+        self.logs = True
+        self.step = 0
+        self.steps_written = 0
+        self.tokens = {"prefill": 0, "decode": 0, "unknown": 0}
+        self.dummy_steps = 0
+        self.warnings: list[str] = []
+        self._serial: Any = None
+        self._mtime: tuple[int, int] | None = None
+        self._pending: dict | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- rank and model discovery ----------------------------------------------------------
+    def bind_runner(self, runner: Any) -> None:
+        if self.runner is not None:
+            return
+        self.runner = runner
+        parallel = getattr(runner, "parallel_config", None) or getattr(
+            getattr(runner, "vllm_config", None), "parallel_config", None
+        )
+        self.dp_rank = int(getattr(parallel, "data_parallel_rank", 0) or 0)
+        self.dp_size = int(getattr(parallel, "data_parallel_size", 1) or 1)
+        try:
+            from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+            self.tp_rank = int(get_tensor_model_parallel_rank())
+        except Exception:
+            self.tp_rank = 0
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                self.world_rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        except Exception:
+            pass
+        self.logs = self.tp_rank == 0
+        if self.control_path is not None and self.logs and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._poll, name="moe-artifact-routing", daemon=True
+            )
+            self._thread.start()
+
+    def discover_layers(self) -> None:
+        if self.layers is not None or self.runner is None:
+            return
+        model = getattr(self.runner, "model", None)
+        if model is None or not hasattr(model, "named_modules"):
+            return
+        from vllm.model_executor.layers.fused_moe.layer import FusedMoE
+
+        layers = []
+        for name, module in model.named_modules():
+            if isinstance(module, FusedMoE):
+                layers.append((getattr(module, "layer_name", None) or name, module))
+        if layers:
+            self.layers = layers
+            self.layer_index = {name: i for i, (name, _) in enumerate(layers)}
+
+    def num_experts(self) -> int:
+        module = self.layers[0][1]
+        for attr in ("logical_num_experts", "global_num_experts", "num_experts"):
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        raise RuntimeError("cannot tell the number of experts of the MoE layers")
+
+    def expert_map(self) -> list[int] | None:
+        """Local -> global expert ids of this rank (None when it holds every expert)."""
+        emap = getattr(self.layers[0][1], "expert_map", None)
+        if emap is None:
+            return None
+        values = [int(v) for v in emap.tolist()]
+        local = {loc: glob for glob, loc in enumerate(values) if loc >= 0}
+        return [local[i] for i in sorted(local)]
+
+    # --- control ---------------------------------------------------------------------------
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            with contextlib.suppress(Exception):
+                self.poll_once()
+
+    def poll_once(self) -> None:
+        """Read the control file if it changed; apply stops at once, starts when possible."""
+        with self.lock:
+            self._poll_locked()
+
+    def _poll_locked(self) -> None:
+        try:
+            stat = self.control_path.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_ino) == self._mtime:
+            return
+        try:
+            control = json.loads(self.control_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # half-written: the next poll sees the renamed file
+        self._mtime = (stat.st_mtime_ns, stat.st_ino)
+        if control.get("serial") == self._serial:
+            return
+        self._serial = control.get("serial")
+        self._close()
+        self._pending = control if control.get("path") and self.logs else None
+        if self._pending is not None and self.layers is not None:
+            self._open(self._pending)
+
+    def _open(self, control: dict) -> None:
+        path = rank_log_path(Path(control["path"]), self.dp_rank)
+        names = tuple(name for name, _ in self.layers)
+        meta = dict(control.get("meta") or {})
+        meta.update(
+            {
+                "dp_rank": self.dp_rank,
+                "dp_size": self.dp_size,
+                "tp_rank": self.tp_rank,
+                "ids": "logical",
+                "slice": "own DP slice of the gathered batch, dummy batches skipped"
+                if self.dp_size > 1
+                else "whole batch",
+            }
+        )
+        header = RoutingHeader(
+            num_experts=self.num_experts(),
+            top_k=int(getattr(self.layers[0][1], "top_k", 2)),
+            num_layers=len(names),
+            layer_names=names,
+            rank=self.dp_rank,
+            world_size=self.dp_size,
+            expert_map=tuple(self.expert_map()) if self.expert_map() is not None else None,
+            source=f"moe-artifact vllm plugin (vllm {_vllm_version()})",
+            meta=meta,
+        )
+        path.with_name(path.name + ".done").unlink(missing_ok=True)
+        self.writer = RoutingWriter(path, header)
+        self.writer_path = path
+        self.step = 0
+        self.steps_written = 0
+        self.dummy_steps = 0
+        self.tokens = {"prefill": 0, "decode": 0, "unknown": 0}
+        self._pending = None
+
+    def _close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        stats = {
+            "rank": self.dp_rank,
+            "steps": self.step,
+            "steps_written": self.steps_written,
+            "dummy_steps": self.dummy_steps,
+            "tokens": dict(self.tokens),
+            "warnings": self.warnings[:10],
+        }
+        done = self.writer_path.with_name(self.writer_path.name + ".done")
+        tmp = done.with_name(done.name + ".tmp")
+        tmp.write_text(json.dumps(stats, sort_keys=True))
+        os.replace(tmp, done)
+        self.writer = None
+        self.writer_path = None
+
+    # --- step -------------------------------------------------------------------------------
+    def begin_step(self, runner: Any, scheduler_output: Any, dummy: bool) -> None:
+        self.bind_runner(runner)
+        local = self.local
+        local.depth = getattr(local, "depth", 0) + 1
+        if local.depth > 1:
+            return  # nested (a dummy run inside a step): part of the outer step
+        with self.lock:
+            if self.layers is None:
+                self.discover_layers()
+            if self._pending is not None and self.layers is not None:
+                self._open(self._pending)
+            local.writer = self.writer if self.logs else None
+        local.scheduler_output = scheduler_output
+        local.dummy = dummy
+        local.rows = {}
+        local.mask = None
+        local.layer = None
+
+    def end_step(self) -> None:
+        local = self.local
+        local.depth -= 1
+        if local.depth > 0:
+            return
+        writer = getattr(local, "writer", None)
+        rows = local.rows
+        local.writer, local.rows = None, {}
+        if writer is None:
+            return
+        with self.lock:
+            if writer is not self.writer:
+                return  # the capture stopped (or restarted) during this step
+            if local.dummy:
+                self.dummy_steps += 1
+            if rows:
+                keys = sorted(rows)
+                stacked = _stack([rows[k][1] for k in keys])
+                out = []
+                for (layer, phase), counts in zip(keys, stacked, strict=True):
+                    ntok = rows[(layer, phase)][0]
+                    out.append((self.step, layer, phase, ntok, counts))
+                    if layer == 0:
+                        self.tokens[_PHASE_NAME[phase]] += ntok
+                writer.write_step(out)
+                self.steps_written += 1
+            self.step += 1
+
+    # --- layers -----------------------------------------------------------------------------
+    def enter_layer(self, layer: Any, local_tokens: int) -> Any:
+        previous = getattr(self.local, "layer", None)
+        self.local.layer = (layer, local_tokens)
+        return previous
+
+    def exit_layer(self, previous: Any) -> None:
+        self.local.layer = previous
+
+    def on_select(self, bound: inspect.BoundArguments, result: Any) -> None:
+        local = self.local
+        if getattr(local, "writer", None) is None or getattr(local, "layer", None) is None:
+            return
+        if local.dummy:
+            return  # this rank's own slice is a dummy batch: nothing real to count
+        layer, local_tokens = local.layer
+        name = getattr(layer, "layer_name", None)
+        if name not in self.layer_index:
+            return
+        index = self.layer_index[name]
+        ids = result[1]
+        args = bound.arguments
+        if args.get("enable_eplb"):
+            ids = self._logical_ids(args, ids)
+        total = int(ids.shape[0])
+        if total > local_tokens:  # the gathered global batch: keep this rank's slice
+            offset = self._dp_offset(total)
+            if offset is None:
+                self._warn(f"cannot place rank {self.dp_rank} in a batch of {total} tokens")
+                return
+            ids = ids[offset : offset + local_tokens]
+            chunked = False
+        else:
+            chunked = total < local_tokens  # chunked forward: a piece of this rank's tokens
+        real = self._real_tokens(local_tokens)
+        if not chunked:
+            ids = ids[:real]
+        mask = None if chunked else self._prefill_mask(real, ids.device)
+        experts = local.writer.header.num_experts
+        flat = ids.reshape(ids.shape[0], -1)
+        if mask is None:
+            self._add(index, PHASE_CODE["unknown"], flat, experts)
+        else:
+            self._add(index, PHASE_CODE["prefill"], flat[mask], experts)
+            self._add(index, PHASE_CODE["decode"], flat[~mask], experts)
+
+    def _add(self, layer: int, phase: int, ids: Any, experts: int) -> None:
+        if ids.shape[0] == 0:
+            return
+        import torch
+
+        counts = torch.bincount(ids.reshape(-1).to(torch.int64), minlength=experts)[:experts]
+        key = (layer, phase)
+        if key in self.local.rows:
+            ntok, previous = self.local.rows[key]
+            self.local.rows[key] = (ntok + int(ids.shape[0]), previous + counts)
+        else:
+            self.local.rows[key] = (int(ids.shape[0]), counts)
+
+    def _logical_ids(self, args: dict, ids: Any) -> Any:
+        """Logical expert ids when EPLB maps them to physical replicas (softmax top-k)."""
+        plain = (
+            not args.get("use_grouped_topk")
+            and args.get("custom_routing_function") is None
+            and args.get("scoring_func", "softmax") == "softmax"
+        )
+        if not plain:
+            self._warn("EPLB with non-plain routing: physical expert ids recorded")
+            return ids
+        import torch
+
+        return torch.topk(args["router_logits"], int(args["top_k"]), dim=-1).indices
+
+    def _dp_offset(self, total: int) -> int | None:
+        try:
+            from vllm.forward_context import get_forward_context
+
+            meta = get_forward_context().dp_metadata
+        except Exception:
+            return None
+        if meta is None:
+            return None
+        sizes = None
+        if getattr(meta, "num_tokens_across_dp_cpu", None) is not None:
+            sizes = [int(x) for x in meta.num_tokens_across_dp_cpu]
+        elif getattr(meta, "cu_tokens_across_dp_cpu", None) is not None:
+            cu = [int(x) for x in meta.cu_tokens_across_dp_cpu]
+            sizes = [b - a for a, b in zip([0, *cu[:-1]], cu, strict=True)]
+        if not sizes or sum(sizes) != total or self.dp_rank >= len(sizes):
+            return None
+        return sum(sizes[: self.dp_rank])
+
+    def _real_tokens(self, local_tokens: int) -> int:
+        sched = getattr(self.local, "scheduler_output", None)
+        total = getattr(sched, "total_num_scheduled_tokens", None)
+        if isinstance(total, int) and 0 < total <= local_tokens:
+            return total
+        return local_tokens
+
+    def _prefill_mask(self, real: int, device: Any) -> Any:
+        """bool[real]: True for prompt tokens (position < prompt length), None if unknown."""
+        local = self.local
+        if local.mask is not None and int(local.mask.shape[0]) == real:
+            return local.mask
+        mask = phase_mask(self.runner, local.scheduler_output, real)
+        if mask is None:
+            return None
+        import torch
+
+        local.mask = torch.from_numpy(mask).to(device)
+        return local.mask
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            logger.warning("moe-artifact routing: %s", message)
+
+
+_PHASE_NAME = {code: name for name, code in PHASE_CODE.items()}
+
+
+def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | None:
+    """Prompt-token mask of this step's batch, laid out as the runner lays it out.
+
+    The batch holds the persistent batch's requests in order, each with its scheduled
+    tokens; a token at position < the request's prompt length is a prompt token.
+    """
+    try:
+        batch = runner.input_batch
+        scheduled = scheduler_output.num_scheduled_tokens
+        parts = []
+        for i, req_id in enumerate(batch.req_ids):
+            if req_id is None:
+                continue
+            n = int(scheduled.get(req_id, 0))
+            if n == 0:
+                continue
+            start = int(batch.num_computed_tokens_cpu[i])
+            prompt = int(batch.num_prompt_tokens[i])
+            parts.append(np.arange(start, start + n) < prompt)
+        mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
+    return mask if mask.shape[0] == real else None
+
+
+def _stack(tensors: list) -> list[np.ndarray]:
+    import torch
+
+    return list(torch.stack(tensors).to("cpu").numpy())
+
+
+def _vllm_version() -> str:
+    try:
+        import vllm
+
+        return str(getattr(vllm, "__version__", "?"))
+    except Exception:
+        return "?"
+
+
+RECORDER: Recorder | None = None
+
+
+def recorder() -> Recorder:
+    global RECORDER
+    if RECORDER is None:
+        RECORDER = Recorder(os.environ.get(CONTROL_ENV))
+    return RECORDER
+
+
+def install(fused_moe_cls: Any = None, runner_cls: Any = None) -> None:
+    """Wrap vLLM's MoE layer and model runner (once per process)."""
+    global _installed
+    if _installed:
+        return
+    if fused_moe_cls is None:
+        from vllm.model_executor.layers.fused_moe.layer import FusedMoE as fused_moe_cls
+    if runner_cls is None:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as runner_cls
+    rec = recorder()  # the wrappers look the recorder up per call (tests reset it)
+
+    original_select = inspect.getattr_static(fused_moe_cls, "select_experts")
+    select = original_select.__func__ if isinstance(original_select, staticmethod) else None
+    if select is None:
+        raise TypeError("FusedMoE.select_experts is not a staticmethod in this vLLM")
+    signature = inspect.signature(select)
+
+    @functools.wraps(select)
+    def select_experts(*args, **kwargs):
+        result = select(*args, **kwargs)
+        rec = recorder()
+        try:
+            rec.on_select(signature.bind(*args, **kwargs), result)
+        except Exception as exc:  # recording must never break serving
+            rec._warn(f"select_experts hook failed: {exc!r}")
+        return result
+
+    fused_moe_cls.select_experts = staticmethod(select_experts)
+
+    for name in ("forward_impl", "forward_impl_chunked"):
+        method = fused_moe_cls.__dict__.get(name)
+        if method is None:
+            continue
+        setattr(fused_moe_cls, name, _wrap_layer(method))
+
+    for name, dummy in (("execute_model", False), ("_dummy_run", True)):
+        method = getattr(runner_cls, name, None)
+        if method is None:
+            raise TypeError(f"{runner_cls.__name__}.{name} not found in this vLLM")
+        setattr(runner_cls, name, _wrap_step(method, dummy))
+    _installed = True
+    logger.info("moe-artifact routing hooks installed (control file %s)", rec.control_path or "-")
+
+
+def _wrap_layer(method):
+    @functools.wraps(method)
+    def wrapper(self, hidden_states, *args, **kwargs):
+        rec = recorder()
+        previous = rec.enter_layer(self, int(hidden_states.shape[0]))
+        try:
+            return method(self, hidden_states, *args, **kwargs)
+        finally:
+            rec.exit_layer(previous)
+
+    return wrapper
+
+
+def _wrap_step(method, dummy: bool):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        rec = recorder()
+        scheduler_output = None
+        if not dummy:
+            scheduler_output = args[0] if args else kwargs.get("scheduler_output")
+        try:
+            rec.begin_step(self, scheduler_output, dummy)
+        except Exception as exc:
+            rec.local.depth = 0
+            rec.local.writer = None
+            rec._warn(f"step hook failed: {exc!r}")
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            try:
+                rec.end_step()
+            except Exception as exc:
+                rec._warn(f"step hook failed: {exc!r}")
+
+    return wrapper
+
+
+def reset() -> None:
+    """Forget the installed hooks and the recorder (tests install into fresh stand-ins)."""
+    global _installed, RECORDER
+    _installed = False
+    if RECORDER is not None:
+        RECORDER._stop.set()
+        with RECORDER.lock:
+            RECORDER._close()
+    RECORDER = None

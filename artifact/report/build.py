@@ -1,0 +1,307 @@
+"""Assemble every figure and the report of one run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artifact.checker import ClaimResult, markdown_table, summary_line
+from artifact.checker.tables import RunTables
+from artifact.config.profiles import Profile
+from artifact.core.errors import ArtifactError
+from artifact.core.io import atomic_write_text
+from artifact.core.runner import PIPELINE
+from artifact.report.document import Report
+from artifact.report.figures import (
+    MEASURE_LABELS,
+    PERF,
+    Figure,
+    eplb_figure,
+    eplb_markdown,
+    heatmap_figures,
+    imbalance_figure,
+    rank_figure,
+    sweep_figure,
+)
+
+# Observed measures drawn against performance (Fig. 5) and the predicted score (Fig. 6).
+FIG5_MEASURES = ("imb_cv", "imb_legacy-per-step", "imb_legacy-aggregated")
+FIG6_MEASURES = ("imb_cv", "imb_rank_max_mean", "imb_legacy-aggregated")
+PROVENANCE_COLUMNS = (
+    "run",
+    "path",
+    "experiment",
+    "mode",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "engine",
+    "engine_version",
+    "versions.transformers",
+    "versions.torch",
+    "experts_implementation",
+    "continuous_batching.live.max_requests_per_batch",
+    "continuous_batching.live.max_batch_tokens",
+    "torch_threads",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "enable_expert_parallel",
+    "eplb_requested",
+    "eplb_enabled",
+    "all2all_manager",
+    "flashinfer_moe",
+    "host",
+)
+
+
+def _table(tables: RunTables, name: str) -> list[dict]:
+    try:
+        return tables.get(name)
+    except ArtifactError:
+        return []
+
+
+def _modes(profile: Profile, runs: list[dict], experiment: str) -> list[str]:
+    exp = getattr(profile.experiments, experiment, None)
+    present = {r.get("mode") for r in runs if r.get("experiment") == experiment}
+    ordered = [m for m in (exp.modes if exp else []) if m in present]
+    return ordered + sorted(m for m in present if m not in ordered and m is not None)
+
+
+def _eplb_skip(profile: Profile) -> str | None:
+    exp = profile.experiments.eplb_ablation
+    if exp is None:
+        return f"profile '{profile.name}' has no EPLB ablation"
+    if not exp.enabled:
+        return (exp.skip_reason or "disabled in the profile").strip()
+    return None
+
+
+def make_figures(
+    tables: RunTables, profile: Profile, out: Path, *, iqr: bool = False, findings=()
+) -> tuple[list[Figure], dict]:
+    """Every figure that the run's data allows; `extra` carries tables and skip reasons."""
+    runs = _table(tables, "runs")
+    correlations = _table(tables, "correlations")
+    figures: list[Figure] = []
+    extra: dict = {"skipped": {}}
+    sweep = profile.experiments.config_sweep
+    modes = _modes(profile, runs, "config_sweep")
+    if sweep is not None and modes:
+        for number, knob, fixed_knob, fixed in (
+            ("1", "max_num_seqs", "max_num_batched_tokens", sweep.fixed_max_num_batched_tokens),
+            ("2", "max_num_batched_tokens", "max_num_seqs", sweep.fixed_max_num_seqs),
+        ):
+            fig = sweep_figure(
+                runs,
+                knob=knob,
+                fixed_knob=fixed_knob,
+                fixed_value=fixed,
+                modes=modes,
+                out=out,
+                number=number,
+            )
+            if fig:
+                figures.append(fig)
+    else:
+        extra["skipped"]["Experiment 1"] = "no config-sweep runs in this run directory"
+
+    eplb = _table(tables, "eplb")
+    skip = _eplb_skip(profile)
+    if eplb:
+        labels = tuple(r.get("label") for r in _table(tables, "eplb_runs"))[:2]
+        labels = labels if len(labels) == 2 else ("EPLB off", "EPLB on")
+        labels = (f"{labels[0]} (EPLB off)", f"{labels[1]} (EPLB on)")
+        note = ""
+        if any(f["id"] == "eplb_not_enabled" for f in findings):
+            note = (
+                "Provenance: the 'EPLB on' server never enabled EPLB (see Findings), so "
+                "this compares two runs of the same configuration."
+            )
+        extra["table1"] = eplb_markdown(eplb, labels)
+        extra["table1_note"] = note
+        fig = eplb_figure(eplb, labels, out, note)
+        if fig:
+            figures.append(fig)
+    else:
+        extra["skipped"]["Experiment 2"] = skip or "no EPLB kernel summaries in this run"
+
+    modes3 = _modes(profile, runs, "imbalance")
+    if modes3:
+        fig4 = imbalance_figure(
+            runs,
+            correlations,
+            xs=("predicted_score",),
+            ys=PERF,
+            modes=modes3,
+            out=out,
+            number="4",
+            slug="perf_vs_predicted",
+            title="Experiment 3: performance vs predicted imbalance score",
+            caption="TTFT, TPOT and output throughput of each dataset's run vs the dataset's "
+            "predicted (induced) imbalance score, per mode.",
+            iqr=iqr,
+        )
+        fig5 = imbalance_figure(
+            runs,
+            correlations,
+            xs=FIG5_MEASURES,
+            ys=PERF,
+            modes=modes3,
+            out=out,
+            number="5",
+            slug="perf_vs_observed",
+            title="Experiment 3: performance vs observed imbalance",
+            caption="TTFT, TPOT and output throughput vs the observed imbalance of the same "
+            "run's routing, per mode, one row per measure: this artifact's per-layer CV "
+            "(top) and the study's two legacy measures.",
+            iqr=iqr,
+        )
+        fig6 = imbalance_figure(
+            runs,
+            correlations,
+            xs=("predicted_score",),
+            ys=[(m, MEASURE_LABELS[m].replace("\n", " ")) for m in FIG6_MEASURES],
+            modes=modes3,
+            out=out,
+            number="6",
+            slug="predicted_vs_observed",
+            title="Experiment 3: predicted score vs observed imbalance",
+            caption="Observed imbalance of each run's routing vs the dataset's predicted "
+            "score, per mode: does the predictor rank workloads the way the router does?",
+            iqr=iqr,
+        )
+        figures += [f for f in (fig4, fig5, fig6) if f]
+        expert_loads = _table(tables, "expert_loads")
+        figures += heatmap_figures(runs, expert_loads, modes=modes3, out=out)
+        ep = any(m.enable_expert_parallel for m in profile.modes.values())
+        note = (
+            "Experts are placed contiguously on 4 ranks (experts 2r and 2r+1 on rank r), "
+            "vLLM's default EP placement."
+            if ep
+            else "This profile runs no expert parallelism: the 4-rank contiguous placement "
+            "(experts 2r and 2r+1 on rank r) is what EP4 would see with this routing."
+        )
+        fig8 = rank_figure(runs, expert_loads, modes=modes3, out=out, note=note)
+        if fig8:
+            figures.append(fig8)
+    else:
+        extra["skipped"]["Experiment 3"] = "no imbalance-experiment runs in this run directory"
+    if "table1" in extra:
+        atomic_write_text(out / "table1_eplb.md", extra["table1"])
+    return figures, extra
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def provenance_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    columns = [c for c in PROVENANCE_COLUMNS if any(r.get(c) is not None for r in rows)]
+    # Collapse identical rows (our units share one server config per mode and experiment).
+    seen, body = set(), []
+    for r in rows:
+        key = tuple(_fmt(r.get(c)) for c in columns if c not in ("run", "path"))
+        if key in seen:
+            continue
+        seen.add(key)
+        body.append([_fmt(r.get(c)) for c in columns])
+    return columns, body
+
+
+def make_report(
+    *,
+    tables: RunTables,
+    profile: Profile,
+    figures: list[Figure],
+    extra: dict,
+    claims: list[ClaimResult] | None,
+    claims_error: str | None,
+    findings: list[dict],
+    source: str,
+) -> Report:
+    report = Report(f"MoE inference study: reproduction report ({profile.name})")
+    report.para(
+        f"Run directory `{tables.path}`; data: {source}. Regenerated by `moe-artifact plots`; "
+        "claims judged by `moe-artifact check` against the profile's expected results."
+    )
+    report.heading("Profile")
+    report.para(f"**{profile.name}**: {profile.description.strip()}")
+    report.bullets(
+        [
+            f"hardware expected: {profile.hardware.description or profile.hardware.kind}; "
+            f"measured on: `{tables.hardware()}`",
+            f"model: {profile.model.name} ({profile.model.source}, {profile.model.dtype})",
+            f"engine: {profile.engine.kind}"
+            + (f" {profile.engine.vllm_ref}" if profile.engine.vllm_ref else ""),
+        ]
+    )
+    report.table(
+        ["mode", "description"],
+        [[name, m.description] for name, m in profile.modes.items()],
+    )
+    manifest = tables.run_dir.read().get("stages", {})
+    # The stages this report is made from (plots and check describe the report itself).
+    done = [n for n in PIPELINE if n in manifest and n not in ("plots", "check")]
+    if done:
+        report.heading("Stages", 3)
+        report.table(
+            ["stage", "status", "seconds", "summary"],
+            [
+                [
+                    n,
+                    manifest[n].get("status"),
+                    manifest[n].get("seconds"),
+                    manifest[n].get("summary"),
+                ]
+                for n in done
+            ],
+        )
+    prov = _table(tables, "provenance")
+    report.heading("Provenance")
+    if prov:
+        report.para(
+            "What the servers really ran, from their own provenance records or logs "
+            "(identical configurations collapsed)."
+        )
+        columns, body = provenance_rows(prov)
+        report.table(columns, body)
+    else:
+        report.para("No provenance records in this run directory.")
+    report.heading("Findings")
+    if findings:
+        report.bullets(
+            [f"**{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})" for f in findings]
+        )
+    else:
+        report.para("No provenance or data findings.")
+    by_section: dict[str, list[Figure]] = {}
+    for fig in figures:
+        by_section.setdefault(fig.section, []).append(fig)
+    for section, title in (
+        ("Experiment 1", "Experiment 1: serving configuration sweep"),
+        ("Experiment 2", "Experiment 2: EPLB ablation"),
+        ("Experiment 3", "Experiment 3: imbalance sensitivity"),
+        ("Routing", "Routing views"),
+    ):
+        report.heading(title)
+        if section == "Experiment 2" and "table1" in extra:
+            report.para("*Table 1: EPLB off vs on, nsys CUDA kernel summary.*")
+            report.markdown_table(extra["table1"])
+            if extra.get("table1_note"):
+                report.para(extra["table1_note"])
+        if section in extra["skipped"]:
+            report.para(f"**SKIP**: {extra['skipped'][section]}")
+        for fig in by_section.get(section, []):
+            report.figure(fig)
+    report.heading("Claims")
+    if claims_error:
+        report.para(f"**The claims could not be judged**: {claims_error}")
+    elif claims is not None:
+        report.para(f"{summary_line(claims)} (see `check/claims.json` after `moe-artifact check`).")
+        report.markdown_table(markdown_table(claims))
+    return report

@@ -1,0 +1,652 @@
+"""Every figure of the study, from a run directory's tidy tables (ours or the study's).
+
+Each function draws one figure, saves it as PNG and returns a `Figure` (number, title,
+caption, file). The numbering follows the study's report:
+
+- Fig. 1 / Fig. 2 (Experiment 1): TTFT, TPOT and output throughput vs max-num-seqs at the
+  fixed max-num-batched-tokens, and vs max-num-batched-tokens at the fixed max-num-seqs;
+- Table 1 / Fig. 3 (Experiment 2): the EPLB off vs on kernel comparison (nsys);
+- Fig. 4 / Fig. 5 (Experiment 3): performance vs predicted score, and vs observed imbalance;
+
+and, new in this artifact, Fig. 6 (predicted vs observed imbalance), Fig. 7 (per-layer expert
+load heatmaps per mode and dataset) and Fig. 8 (per-rank load under expert parallelism).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure as MplFigure
+from scipy import stats
+
+from artifact.core.io import atomic_write_bytes
+from artifact.routing.correlation import correlation
+
+PERF = (
+    ("mean_ttft_ms", "TTFT (mean, ms)"),
+    ("mean_tpot_ms", "TPOT (mean, ms)"),
+    ("output_throughput", "output throughput (tok/s)"),
+)
+MEASURE_LABELS = {
+    "imb_cv": "per-layer CV of expert loads\n(mean over layers)",
+    "imb_rank_max_mean": "busiest EP rank / mean\n(mean over layers)",
+    "imb_max_mean": "busiest expert / mean\n(mean over layers)",
+    "imb_legacy-per-step": "study's per-step CV\n(legacy-per-step)",
+    "imb_legacy-aggregated": "study's aggregated CV\n(legacy-aggregated)",
+}
+KNOB_LABELS = {"max_num_seqs": "max-num-seqs", "max_num_batched_tokens": "max-num-batched-tokens"}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+DPI = 110
+
+plt.rcParams.update(
+    {
+        "font.size": 11,
+        "axes.titlesize": 12,
+        "axes.labelsize": 11,
+        "legend.fontsize": 9,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+    }
+)
+
+
+@dataclass
+class Figure:
+    number: str  # "1", "3", "7a", ...
+    slug: str
+    title: str
+    caption: str
+    path: Path
+    section: str
+
+
+def mode_colors(modes: Sequence[str]) -> dict[str, str]:
+    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(modes)}
+
+
+def mode_style(modes: Sequence[str], mode: str) -> dict:
+    """Scatter style: filled circles for the first mode, hollow squares, triangles... after,
+    so that modes with identical values stay visible."""
+    i = list(modes).index(mode)
+    color = COLORS[i % len(COLORS)]
+    if i == 0:
+        return {"marker": "o", "color": color, "s": 24}
+    return {"marker": MARKERS[i % len(MARKERS)], "facecolor": "none", "edgecolor": color, "s": 48}
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def save(fig: MplFigure, path: Path, *, tight: bool = True) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width of the t interval of the mean); half-width 0 for one value."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float(v.mean()), 0.0
+    half = stats.t.ppf((1 + confidence) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean()), float(half)
+
+
+def _log_scale_if_wide(ax, values: Sequence[float]) -> None:
+    v = [x for x in values if x and x > 0]
+    if v and max(v) / min(v) > 20:
+        ax.set_yscale("log")
+
+
+# --- Experiment 1 -----------------------------------------------------------------------------
+
+
+def sweep_figure(
+    runs: list[dict],
+    *,
+    knob: str,
+    fixed_knob: str,
+    fixed_value: int,
+    modes: Sequence[str],
+    out: Path,
+    number: str,
+) -> Figure | None:
+    rows = [
+        r
+        for r in runs
+        if r.get("experiment") == "config_sweep"
+        and r.get(fixed_knob) == fixed_value
+        and r.get("mode") in modes
+    ]
+    if not rows:
+        return None
+    colors = mode_colors(modes)
+    versions = sorted({str(r.get("engine_version") or "unknown") for r in rows})
+    mark_versions = len(versions) > 1
+    version_marker = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(versions)}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    max_reps = 1
+    for ax, (metric, label) in zip(axes, PERF, strict=True):
+        all_values = []
+        for mode in modes:
+            groups: dict[int, list[dict]] = defaultdict(list)
+            for r in rows:
+                if r["mode"] == mode and r.get(metric) is not None:
+                    groups[r[knob]].append(r)
+            if not groups:
+                continue
+            xs = sorted(groups)
+            dodge = 1 + 0.025 * (list(modes).index(mode) - (len(modes) - 1) / 2)
+            stats_ = [mean_ci([r[metric] for r in groups[x]]) for x in xs]
+            means = [m for m, _ in stats_]
+            halves = [h for _, h in stats_]
+            max_reps = max(max_reps, *(len(g) for g in groups.values()))
+            all_values += [r[metric] for x in xs for r in groups[x]]
+            ax.errorbar(
+                [x * dodge for x in xs],
+                means,
+                yerr=halves if any(halves) else None,
+                color=colors[mode],
+                marker="o" if not mark_versions else None,
+                capsize=4,
+                lw=2,
+                label=mode,
+            )
+            for x in xs:
+                reps = [r[metric] for r in groups[x]]
+                if len(reps) > 1:
+                    ax.scatter([x * dodge] * len(reps), reps, color=colors[mode], s=12, alpha=0.35)
+            if mark_versions:
+                for x in xs:
+                    for r in groups[x]:
+                        v = str(r.get("engine_version") or "unknown")
+                        ax.scatter(
+                            x * dodge,
+                            r[metric],
+                            marker=version_marker[v],
+                            s=60,
+                            facecolor=colors[mode],
+                            edgecolor="black",
+                            zorder=3,
+                        )
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r[knob] for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel(KNOB_LABELS[knob])
+        ax.set_ylabel(label)
+        _log_scale_if_wide(ax, all_values)
+        ax.set_title(label.split(" (")[0])
+    handles, labels = axes[0].get_legend_handles_labels()
+    if mark_versions:
+        from matplotlib.lines import Line2D
+
+        for v in versions:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    marker=version_marker[v],
+                    ls="",
+                    color="gray",
+                    markeredgecolor="black",
+                    markersize=8,
+                )
+            )
+            labels.append(f"engine {v}")
+    fixed_label = KNOB_LABELS[fixed_knob]
+    fig.suptitle(
+        f"Experiment 1: performance vs {KNOB_LABELS[knob]} ({fixed_label} fixed at {fixed_value})",
+        y=1.12,
+    )
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.06))
+    fig.text(
+        0.995,
+        -0.02,
+        f"fixed: {fixed_label} = {fixed_value}",
+        ha="right",
+        fontsize=10,
+        style="italic",
+    )
+    fig.tight_layout()
+    path = save(fig, out / f"fig{number}_sweep_{knob}.png")
+    reps_text = (
+        f"lines join the means of {max_reps} repetitions, error bars are 95% t-intervals of "
+        "the mean and dots the single repetitions"
+        if max_reps > 1
+        else "one run per point (no repetitions, so no error bars)"
+    )
+    version_text = (
+        f"; marker shapes tell the engine builds apart ({', '.join(versions)}): points on "
+        "different builds are not comparable"
+        if mark_versions
+        else ""
+    )
+    return Figure(
+        number=number,
+        slug=f"sweep_{knob}",
+        title=f"Experiment 1: performance vs {KNOB_LABELS[knob]}",
+        caption=f"TTFT, TPOT and output throughput vs {KNOB_LABELS[knob]} at "
+        f"{fixed_label} = {fixed_value}, one line per mode ({', '.join(modes)}); "
+        f"{reps_text}{version_text}. Axes with a range over 20x are logarithmic.",
+        path=path,
+        section="Experiment 1",
+    )
+
+
+# --- Experiment 2 -----------------------------------------------------------------------------
+
+EPLB_ROWS = (
+    ("fused_moe.total_ms", "fused_moe total (ms)"),
+    ("fused_moe.avg_us", "fused_moe mean (us)"),
+    ("fused_moe.max_us", "fused_moe max (us)"),
+    ("fused_moe.cv", "fused_moe CV"),
+    ("moe.total_ms", "MoE kernels total (ms)"),
+    ("nccl.total_ms", "NCCL total (ms)"),
+    ("nccl.by_collective.AllReduce.total_ms", "NCCL AllReduce (ms)"),
+    ("total_kernel_time_ms", "all kernels (ms)"),
+)
+
+
+def eplb_rows(comparison: list[dict]) -> list[dict]:
+    by_metric = {r["metric"]: r for r in comparison}
+    return [{**by_metric[k], "label": label} for k, label in EPLB_ROWS if k in by_metric]
+
+
+def eplb_markdown(comparison: list[dict], labels: tuple[str, str]) -> str:
+    lines = [
+        f"| kernel metric | {labels[0]} | {labels[1]} | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in eplb_rows(comparison):
+        change = "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%"
+        lines.append(f"| {r['label']} | {r['a']:,.2f} | {r['b']:,.2f} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def eplb_figure(
+    comparison: list[dict], labels: tuple[str, str], out: Path, note: str = ""
+) -> Figure | None:
+    rows = [r for r in eplb_rows(comparison) if r["change_pct"] is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.6))
+    y = np.arange(len(rows))[::-1]
+    changes = [r["change_pct"] for r in rows]
+    colors = ["#d62728" if c > 0 else "#2ca02c" for c in changes]
+    ax.barh(y, changes, color=colors, alpha=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["label"] for r in rows])
+    ax.axvline(0, color="black", lw=1)
+    span = max(abs(c) for c in changes)
+    for yi, r in zip(y, rows, strict=True):
+        text = f"{_num(r['a'])} -> {_num(r['b'])} ({r['change_pct']:+.1f}%)"
+        ax.text(
+            r["change_pct"] + (0.02 * span if r["change_pct"] >= 0 else -0.02 * span),
+            yi,
+            text,
+            va="center",
+            ha="left" if r["change_pct"] >= 0 else "right",
+            fontsize=9,
+        )
+    ax.set_xlim(-1.9 * span, 1.9 * span)
+    ax.set_xlabel(f"change of {labels[1]} relative to {labels[0]} (%)")
+    ax.set_title(f"Experiment 2: kernel time, {labels[0]} vs {labels[1]} (nsys)")
+    fig.tight_layout()
+    path = save(fig, out / "fig3_eplb_kernels.png")
+    return Figure(
+        number="3",
+        slug="eplb_kernels",
+        title="Experiment 2: EPLB off vs on, kernel summary",
+        caption=f"Change of each kernel-time measure from {labels[0]} to {labels[1]} "
+        "(nsys CUDA kernel summaries; red: more time, green: less), with both values. "
+        "One profiled run per side: no interval separates the change from run-to-run noise."
+        + (f" {note}" if note else ""),
+        path=path,
+        section="Experiment 2",
+    )
+
+
+# --- Experiment 3 -----------------------------------------------------------------------------
+
+
+def _corr_label(corr: dict | None) -> str:
+    if not corr or corr.get("r") is None:
+        note = (corr or {}).get("note") or "n/a"
+        return f"rho undefined ({note})"
+    removed = f", {corr['n_removed']} IQR-removed" if corr.get("n_removed") else ""
+    return (
+        f"rho={corr['r']:+.2f} [{corr['ci_low']:+.2f}, {corr['ci_high']:+.2f}], "
+        f"n={corr['n']}{removed}"
+    )
+
+
+def _find_corr(
+    correlations: list[dict], mode: str, x: str, y: str, iqr: bool, pts: list[dict]
+) -> dict | None:
+    """The correlations table's Spearman row, or the same computed here when it has none."""
+    for c in correlations:
+        if (
+            c.get("group") == mode
+            and c.get("x") == x
+            and c.get("y") == y
+            and c.get("method") == "spearman"
+            and bool(c.get("iqr_filter")) == iqr
+        ):
+            return c
+    c = correlation(
+        [r.get(x) for r in pts],
+        [r.get(y) for r in pts],
+        method="spearman",
+        iqr=iqr,
+        labels=[r.get("run") for r in pts],
+    )
+    row = c.to_json()
+    row["removed"] = [f"{i['label']} ({i['variable']})" for i in c.removed]
+    return row
+
+
+def _scatter_fit(
+    ax,
+    rows: list[dict],
+    x: str,
+    y: str,
+    modes: Sequence[str],
+    colors: dict[str, str],
+    correlations: list[dict],
+    iqr: bool,
+) -> int:
+    """Scatter per mode, least-squares trend over the kept points, rho in the legend."""
+    plotted = 0
+    for mode in modes:
+        pts = [
+            r
+            for r in rows
+            if r.get("mode") == mode and r.get(x) is not None and r.get(y) is not None
+        ]
+        if not pts:
+            continue
+        corr = _find_corr(correlations, mode, x, y, iqr, pts)
+        removed = set()
+        if iqr and corr:
+            removed = {item.split(" (")[0] for item in corr.get("removed") or []}
+        kept = [r for r in pts if r.get("run") not in removed]
+        out = [r for r in pts if r.get("run") in removed]
+        xs = np.array([r[x] for r in kept], dtype=float)
+        ys = np.array([r[y] for r in kept], dtype=float)
+        label = f"{mode}: {_corr_label(corr)}"
+        ax.scatter(xs, ys, alpha=0.85, label=label, **mode_style(modes, mode))
+        if out:
+            ax.scatter(
+                [r[x] for r in out],
+                [r[y] for r in out],
+                color=colors[mode],
+                marker="x",
+                s=40,
+                alpha=0.9,
+            )
+        if xs.size >= 2 and np.ptp(xs) > 0:
+            slope, intercept = np.polyfit(xs, ys, 1)
+            grid = np.linspace(xs.min(), xs.max(), 20)
+            style = LINESTYLES[list(modes).index(mode) % len(LINESTYLES)]
+            ax.plot(grid, slope * grid + intercept, color=colors[mode], lw=1.5, ls=style)
+        plotted += 1
+    return plotted
+
+
+def imbalance_figure(
+    runs: list[dict],
+    correlations: list[dict],
+    *,
+    xs: Sequence[str],
+    ys: Sequence[tuple[str, str]],
+    modes: Sequence[str],
+    out: Path,
+    number: str,
+    slug: str,
+    title: str,
+    caption: str,
+    iqr: bool,
+) -> Figure | None:
+    rows = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
+    xs = [x for x in xs if any(r.get(x) is not None for r in rows)]
+    if not rows or not xs:
+        return None
+    colors = mode_colors(modes)
+    fig, axes = plt.subplots(
+        len(xs), len(ys), figsize=(5.4 * len(ys), 4.3 * len(xs)), squeeze=False
+    )
+    for i, x in enumerate(xs):
+        for j, (y, label) in enumerate(ys):
+            ax = axes[i][j]
+            _scatter_fit(ax, rows, x, y, modes, colors, correlations, iqr)
+            ax.set_xlabel(MEASURE_LABELS.get(x, x.replace("_", " ")))
+            ax.set_ylabel(label)
+            ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = save(fig, out / f"fig{number}_{slug}.png")
+    filt = (
+        "after the study's 1.5 x IQR filter (removed points drawn as x; rho over the kept ones)"
+        if iqr
+        else "on every run (no outlier filter)"
+    )
+    return Figure(
+        number=number,
+        slug=slug,
+        title=title,
+        caption=f"{caption} Dashed lines: least-squares trend per mode; legend: Spearman "
+        f"rho with its bootstrap 95% interval and n, {filt}.",
+        path=path,
+        section="Experiment 3",
+    )
+
+
+# --- routing views ----------------------------------------------------------------------------
+
+
+def _loads_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
+    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
+    for r in expert_loads:
+        if r.get("phase") == phase and r.get("load") is not None:
+            cells[r["run"]][(r["layer"], r["expert"])] = r["load"]
+    out = {}
+    for run, values in cells.items():
+        layers = max(k[0] for k in values) + 1
+        experts = max(k[1] for k in values) + 1
+        a = np.zeros((layers, experts))
+        for (layer, expert), v in values.items():
+            a[layer, expert] = v
+        out[run] = a
+    return out
+
+
+def _ranks_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
+    """(layers, ranks) loads per run from the table's expert -> rank placement."""
+    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(lambda: defaultdict(float))
+    for r in expert_loads:
+        if r.get("phase") == phase and r.get("load") is not None and r.get("rank") is not None:
+            cells[r["run"]][(r["layer"], r["rank"])] += r["load"]
+    out = {}
+    for run, values in cells.items():
+        layers = max(k[0] for k in values) + 1
+        ranks = max(k[1] for k in values) + 1
+        a = np.zeros((layers, ranks))
+        for (layer, rank), v in values.items():
+            a[layer, rank] = v
+        out[run] = a
+    return out
+
+
+def heatmap_figures(
+    runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path
+) -> list[Figure]:
+    imbalance = [r for r in runs if r.get("experiment") == "imbalance"]
+    loads = _loads_by_run(expert_loads)
+    figures = []
+    for k, mode in enumerate(modes):
+        rows = sorted(
+            (r for r in imbalance if r.get("mode") == mode and r["run"] in loads),
+            key=lambda r: (r.get("predicted_score") is None, r.get("predicted_score") or 0),
+        )
+        if not rows:
+            continue
+        n = len(rows)
+        ncols = min(6, n)
+        nrows = math.ceil(n / ncols)
+        layers, experts = loads[rows[0]["run"]].shape
+        # Layout in inches: panel height grows with the layers; fixed room for titles.
+        axes_h, gap, top_in, bottom_in = max(0.7, 0.065 * layers), 0.55, 0.75, 0.55
+        height = top_in + bottom_in + nrows * axes_h + (nrows - 1) * gap
+        fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols + 1.2, height), squeeze=False)
+        # Up to the largest relative load seen (top-k of E experts: at most E / k), >= 2.
+        highest = max(
+            float(
+                (loads[r["run"]] / np.maximum(loads[r["run"]].mean(1, keepdims=True), 1e-12)).max()
+            )
+            for r in rows
+        )
+        vmax = float(min(max(2.0, math.ceil(highest * 2) / 2), 8.0))
+        image = None
+        for ax, r in zip(axes.flat, rows, strict=False):
+            a = loads[r["run"]]
+            mean = a.mean(axis=1, keepdims=True)
+            rel = np.divide(a, mean, out=np.zeros_like(a), where=mean > 0)
+            image = ax.imshow(rel, aspect="auto", cmap="magma", vmin=0, vmax=vmax)
+            score = r.get("predicted_score")
+            name = str(r.get("dataset") or r["run"]).split("_")[0]
+            ax.set_title(
+                f"{name}" + (f"  score {score:.3f}" if score is not None else ""), fontsize=9
+            )
+            ax.set_xticks(range(experts))
+            ax.set_xticklabels([str(e) for e in range(experts)], fontsize=7)
+            step = max(1, layers // 4)
+            ax.set_yticks(range(0, layers, step))
+            ax.tick_params(axis="y", labelsize=7)
+            ax.grid(False)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("layer", fontsize=9)
+        for ax in axes[-1, :]:
+            ax.set_xlabel("expert", fontsize=9)
+        fig.suptitle(
+            f"Expert load per layer, mode {mode} (load / layer mean; datasets by predicted score)",
+            fontsize=12,
+            y=1 - 0.15 / height,
+        )
+        # Fixed margins: tight_layout over dozens of panels costs seconds per figure.
+        fig.subplots_adjust(
+            left=0.05,
+            right=0.92,
+            top=1 - top_in / height,
+            bottom=bottom_in / height,
+            hspace=gap / axes_h,
+            wspace=0.25,
+        )
+        if image is not None:
+            cax = fig.add_axes((0.94, bottom_in / height, 0.012, 1 - (top_in + bottom_in) / height))
+            fig.colorbar(image, cax=cax, label="expert load / layer mean")
+        letter = "abcdefgh"[k]
+        path = save(fig, out / f"fig7{letter}_expert_load_heatmap_{mode}.png", tight=False)
+        figures.append(
+            Figure(
+                number=f"7{letter}",
+                slug=f"expert_load_heatmap_{mode}",
+                title=f"Routing: per-layer expert load, {mode}",
+                caption=f"Per-layer expert load of every imbalance-experiment run of mode "
+                f"{mode} (one panel per dataset, ordered by predicted score): each cell is "
+                "the tokens routed to an expert in that layer, over all steps and phases, "
+                "divided by the layer's mean over experts (1 = even; 0 = idle expert). "
+                "Loads are never summed across layers.",
+                path=path,
+                section="Routing",
+            )
+        )
+    return figures
+
+
+def rank_figure(
+    runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path, note: str
+) -> Figure | None:
+    imbalance = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
+    ranks = _ranks_by_run(expert_loads)
+    rows = [r for r in imbalance if r["run"] in ranks]
+    if not rows:
+        return None
+    colors = mode_colors(modes)
+    present = [m for m in modes if any(r["mode"] == m for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(present) + 1, figsize=(4.6 * (len(present) + 1), 4.4), squeeze=False
+    )
+    axes = axes[0]
+    for ax, mode in zip(axes, present, strict=False):
+        per_rank: list[list[float]] = []
+        for r in rows:
+            if r["mode"] != mode:
+                continue
+            a = ranks[r["run"]]
+            mean = a.mean(axis=1, keepdims=True)
+            rel = np.divide(a, mean, out=np.ones_like(a), where=mean > 0)
+            for rank in range(rel.shape[1]):
+                while len(per_rank) <= rank:
+                    per_rank.append([])
+                per_rank[rank] += rel[:, rank].tolist()
+        ax.boxplot(per_rank, tick_labels=[str(i) for i in range(len(per_rank))])
+        ax.axhline(1.0, color="gray", ls=":")
+        ax.set_xlabel("EP rank")
+        ax.set_ylabel("rank load / mean over ranks")
+        ax.set_title(f"{mode}: per-rank load (all layers, datasets)")
+    ax = axes[-1]
+    for mode in present:
+        pts = sorted(
+            (r for r in rows if r["mode"] == mode and r.get("imb_rank_max_mean") is not None),
+            key=lambda r: r.get("predicted_score") or 0,
+        )
+        if pts and all(r.get("predicted_score") is not None for r in pts):
+            ax.plot(
+                [r["predicted_score"] for r in pts],
+                [r["imb_rank_max_mean"] for r in pts],
+                marker="os^D"[present.index(mode) % 4],
+                ms=5 + 2 * present.index(mode),
+                mfc="none" if present.index(mode) else colors[mode],
+                ls=LINESTYLES[present.index(mode) % len(LINESTYLES)],
+                color=colors[mode],
+                label=mode,
+            )
+    ax.set_xlabel("predicted imbalance score")
+    ax.set_ylabel("busiest rank / mean (mean over layers)")
+    ax.set_title("busiest EP rank per dataset")
+    ax.legend()
+    fig.tight_layout()
+    path = save(fig, out / "fig8_rank_load.png")
+    return Figure(
+        number="8",
+        slug="rank_load",
+        title="Routing: per-rank load under expert parallelism",
+        caption="Load of each expert-parallel rank (the sum of its experts' loads in a "
+        "layer) over the mean of the ranks, for every layer of every imbalance run (boxes), "
+        f"and the busiest rank's load over the mean per dataset (right). {note}",
+        path=path,
+        section="Routing",
+    )

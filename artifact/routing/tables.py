@@ -1,0 +1,181 @@
+"""Tidy tables on disk: each table as `<name>.csv` and `<name>.json` (a list of row objects).
+
+Missing values (undefined measures) are empty cells in CSV and null in JSON. The per-step
+table can have a row per record of a long run, so it is streamed to CSV only, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from artifact.core.io import atomic_open, atomic_write_json, atomic_write_text
+from artifact.routing.aggregate import RunImbalance
+from artifact.routing.format import PHASES
+from artifact.routing.legacy import compare_default_vs_legacy, legacy_table
+from artifact.routing.measures import METRICS
+from artifact.routing.readers import Skipped
+
+MEASURE_COLUMNS = (*METRICS, "idle_experts", "cv_noise_floor")
+COLUMNS = {
+    "per_layer": (
+        "run",
+        "layer",
+        "phase",
+        "view",
+        "records",
+        "num_tokens",
+        "events",
+        *MEASURE_COLUMNS,
+    ),
+    "summary": ("run", "phase", "view", "metric", "aggregation", "value", "layers"),
+    "expert_loads": ("run", "layer", "phase", "expert", "rank", "load"),
+    "legacy": ("run", "method", "value"),
+    "default_vs_legacy": (
+        "run",
+        "legacy_per_step",
+        "per_step_cv",
+        "per_step_cv_floor",
+        "per_step_cv_over_floor",
+        "legacy_aggregated",
+        "layer_cv",
+        "layer_cv_floor",
+        "layer_cv_over_legacy_aggregated",
+        "layer_max_mean",
+        "max_mean_ratio_of_sums",
+        "rank_max_mean_ratio_of_sums",
+    ),
+    "skipped": ("path", "reason"),
+    "correlation": (
+        "group",
+        "x",
+        "y",
+        "method",
+        "r",
+        "p_value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_removed",
+        "removed",
+        "note",
+    ),
+}
+PER_STEP_COLUMNS = (
+    "run",
+    "layer",
+    "step",
+    "rank",
+    "phase",
+    "num_tokens",
+    "events",
+    *MEASURE_COLUMNS,
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ";".join(map(str, value))
+    return str(value)
+
+
+def csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def markdown_table(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    """A Markdown table of tidy rows (floats to 4 significant digits, None empty)."""
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out_dir: str | Path, name: str, rows: list[dict]) -> list[Path]:
+    """`<name>.csv` and `<name>.json` in out_dir (atomically); columns from COLUMNS[name]."""
+    out_dir = Path(out_dir)
+    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
+    atomic_write_text(csv_path, csv_text(rows, COLUMNS[name]))
+    atomic_write_json(json_path, rows)
+    return [csv_path, json_path]
+
+
+def write_run_tables(
+    out_dir: str | Path, results: Sequence[RunImbalance], skipped: Sequence[Skipped] = ()
+) -> list[Path]:
+    """Every per-run table of `results` (all runs in one file per table) under out_dir.
+
+    `skipped` adds inputs left out before any run could be made (whole runs).
+    """
+    tables = {
+        "per_layer": [row for r in results for row in r.per_layer],
+        "summary": [row for r in results for row in r.summary],
+        "expert_loads": [row for r in results for row in r.expert_loads],
+        "legacy": legacy_table(results),
+        "default_vs_legacy": compare_default_vs_legacy(results),
+        "skipped": [s.to_json() for s in (*skipped, *(s for r in results for s in r.skipped))],
+    }
+    written = []
+    for name, rows in tables.items():
+        written += write_table(out_dir, name, rows)
+    return written
+
+
+class PerStepCsv:
+    """A per-step sink for the analyze functions: streams one CSV row per record.
+
+    The file is written atomically: it appears complete when the `with` block ends without
+    an error, and not at all otherwise. Measures have 9 significant digits (formatting
+    every chunk with one C-level `%` keeps this off the critical path).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stack = ExitStack()
+        self._fh = None
+        floats = ",".join(["%.9g"] * len(MEASURE_COLUMNS))
+        self._row = "%s,%d,%d,%d,%s,%d,%d," + floats + "\n"
+
+    def __enter__(self) -> PerStepCsv:
+        self._fh = self._stack.enter_context(atomic_open(self.path))
+        self._fh.write(",".join(PER_STEP_COLUMNS) + "\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+    def __call__(self, run: str, block: np.ndarray, measures: dict[str, np.ndarray]) -> None:
+        n = len(block)
+        columns = [
+            [csv_text([], [run]).strip()] * n,  # the run name, CSV-quoted if needed
+            block["layer"].tolist(),
+            block["step"].tolist(),
+            block["rank"].tolist(),
+            np.asarray(PHASES, dtype=object)[block["phase"]].tolist(),
+            block["num_tokens"].tolist(),
+            block["counts"].sum(axis=1).astype(np.int64).tolist(),
+            *(measures[name].tolist() for name in MEASURE_COLUMNS),
+        ]
+        cells = tuple(chain.from_iterable(zip(*columns, strict=True)))
+        # NaN (undefined) -> empty cell, as in the other tables (only measures can be NaN).
+        self._fh.write(((self._row * n) % cells).replace(",nan", ","))

@@ -1,0 +1,426 @@
+"""The checker's schema, queries and verdict rules on in-memory tables."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from artifact.checker import evaluate, load_claims
+from artifact.checker.tables import RunTables, hardware_id
+from artifact.config.claims import Reference, Tolerance, parse_claims
+from artifact.config.profiles import load_profile, project_root
+from artifact.core.errors import ArtifactError
+
+REPO = project_root()
+
+
+def tables_of(tmp_path: Path, **tables) -> RunTables:
+    t = RunTables(tmp_path)
+    t._cache.update(tables)
+    return t
+
+
+def judge(tmp_path, claims: list[dict], hardware: str = "cpu", **tables) -> dict:
+    """{id: ClaimResult} of claims (dicts) on the given tables, local profile."""
+    parsed = parse_claims({"profile": "local", "claims": claims}, tmp_path / "c.yaml")
+    results = evaluate(
+        parsed, tables_of(tmp_path, **tables), load_profile("local"), hardware=hardware
+    )
+    return {r.id: r for r in results}
+
+
+def claim(ident="c", **fields) -> dict:
+    return {"id": ident, "statement": "s", "source": "test", **fields}
+
+
+def sweep_rows(values: dict[tuple[str, int], list[float]], column="mean_ttft_ms") -> list[dict]:
+    return [
+        {"run": f"{mode}/{x}/{i}", "mode": mode, "max_num_seqs": x, "dataset": f"d{x}", column: v}
+        for (mode, x), reps in values.items()
+        for i, v in enumerate(reps)
+    ]
+
+
+@pytest.mark.parametrize("name", ["local", "gpu", "perlmutter"])
+def test_shipped_claims_files_load(name):
+    profile = load_profile(name)
+    claims = load_claims(REPO / profile.expected_results)
+    assert claims.profile == name and len(claims.claims) >= 10
+
+
+def test_band_sides_and_units():
+    ref = Reference(value=100, tolerance=Tolerance(rel=0.1, abs_upper=25))
+    assert ref.band() == (90, 125)  # upper side: the wider of 10% and 25
+    assert Reference(value=5, tolerance=Tolerance(abs=0)).band() == (5, 5)
+    assert Reference(min=1).band() == (1, float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"claims": [claim(quantity={"table": "runs", "column": "x"})]}, "exactly one of"),
+        (
+            {"claims": [claim("A b", quantity={"table": "t", "column": "x"}, expect={"min": 0})]},
+            "must match",
+        ),
+        (
+            {
+                "claims": [
+                    claim(quantity={"table": "t", "column": "x"}, expect={"min": 0}),
+                    claim(quantity={"table": "t", "column": "x"}, expect={"min": 0}),
+                ]
+            },
+            "appears twice",
+        ),
+        (
+            {
+                "claims": [
+                    claim(
+                        quantity={"table": "t", "column": "x"},
+                        expect={"min": 0},
+                        depends_on=["nope"],
+                    )
+                ]
+            },
+            "unknown claim 'nope'",
+        ),
+        (
+            {"claims": [claim(quantity={"table": "t", "colum": "x"}, expect={"min": 0})]},
+            "claim 'c', field 'quantity.colum': unknown field",
+        ),
+    ],
+)
+def test_schema_errors_are_one_line(tmp_path, raw, message):
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump({"profile": "local", **raw}))
+    with pytest.raises(ArtifactError) as exc:
+        load_claims(path)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert str(path) in str(exc.value)
+
+
+def test_query_conditions_profile_references_and_extremes(tmp_path):
+    rows = sweep_rows({("a", 2): [10], ("a", 4): [20], ("a", 8): [30], ("b", 8): [99]})
+    results = judge(
+        tmp_path,
+        [
+            claim(
+                "largest",
+                quantity={
+                    "table": "runs",
+                    "where": {"mode": "a", "max_num_seqs": "$max"},
+                    "column": "mean_ttft_ms",
+                },
+                expect={"value": 30, "tolerance": {"abs": 0}},
+            ),
+            claim(
+                "fixed",
+                quantity={
+                    "table": "runs",
+                    "where": {
+                        "max_num_seqs": "$profile.experiments.config_sweep.fixed_max_num_seqs"
+                    },
+                    "column": "mean_ttft_ms",
+                },
+                expect={"value": 20, "tolerance": {"abs": 0}},
+            ),
+            claim(
+                "ops",
+                quantity={
+                    "table": "runs",
+                    "where": {"mode": ["a", "b"], "max_num_seqs": {"gte": 4, "ne": 8}},
+                    "column": "mean_ttft_ms",
+                    "reduce": "count",
+                },
+                expect={"value": 1, "tolerance": {"abs": 0}},
+            ),
+            claim(
+                "typo",
+                quantity={"table": "runs", "column": "mean_ttfx_ms"},
+                expect={"min": 0},
+            ),
+            claim(
+                "empty",
+                quantity={"table": "runs", "where": {"mode": "c"}, "column": "mean_ttft_ms"},
+                expect={"min": 0},
+            ),
+        ],
+        runs=rows,
+    )
+    assert results["largest"].verdict == "PASS"
+    assert results["fixed"].verdict == "PASS"  # the local profile's fixed max-num-seqs is 4
+    assert results["ops"].verdict == "PASS"
+    assert (
+        results["typo"].verdict == "FAIL" and "no column 'mean_ttfx_ms'" in results["typo"].reason
+    )
+    assert (
+        results["empty"].verdict == "FAIL" and "no rows of table 'runs'" in results["empty"].reason
+    )
+
+
+def test_two_sample_rules_use_the_repetitions(tmp_path):
+    rows = sweep_rows(
+        {("a", 8): [100, 102, 98], ("b", 8): [120, 119, 121], ("c", 8): [104, 60, 150]}
+    )
+
+    def two(ident, kind, a, b, **rel):
+        return claim(
+            ident,
+            quantity={"table": "runs", "where": {"mode": a}, "column": "mean_ttft_ms"},
+            relation={
+                "kind": kind,
+                "other": {"table": "runs", "where": {"mode": b}, "column": "mean_ttft_ms"},
+                **rel,
+            },
+        )
+
+    results = judge(
+        tmp_path,
+        [
+            two("less", "less", "a", "b"),
+            two("noisy", "less", "c", "b"),  # lower on average, but too noisy to tell
+            two("equivalent", "equivalent", "a", "b", margin_rel=0.3),
+            two("not-equivalent", "equivalent", "a", "b", margin_rel=0.05),
+            two("not-different", "not_different", "a", "c"),
+            two("different", "not_different", "a", "b"),
+            two("paired", "greater", "b", "a", paired_by="max_num_seqs"),
+        ],
+        runs=rows,
+    )
+    verdicts = {k: r.verdict for k, r in results.items()}
+    assert verdicts == {
+        "less": "PASS",
+        "noisy": "FAIL",
+        "equivalent": "PASS",
+        "not-equivalent": "FAIL",
+        "not-different": "PASS",
+        "different": "FAIL",
+        "paired": "PASS",
+    }
+    assert "95% upper bound" in results["less"].observed
+    assert "90% CI" in results["equivalent"].observed
+    assert "paired by max_num_seqs (n=1)" in results["paired"].observed
+
+
+def test_margins_and_point_values(tmp_path):
+    rows = sweep_rows({("a", 8): [100, 102, 98], ("b", 8): [110, 111, 109], ("p", 8): [50]})
+    q = {"table": "runs", "column": "mean_ttft_ms"}
+    results = judge(
+        tmp_path,
+        [
+            claim(
+                "wide",
+                quantity={**q, "where": {"mode": "b"}},
+                relation={
+                    "kind": "not_greater",
+                    "margin_rel": 0.25,
+                    "other": {**q, "where": {"mode": "a"}},
+                },
+            ),
+            claim(
+                "tight",
+                quantity={**q, "where": {"mode": "b"}},
+                relation={
+                    "kind": "not_greater",
+                    "margin_rel": 0.02,
+                    "other": {**q, "where": {"mode": "a"}},
+                },
+            ),
+            claim(
+                "mw",
+                quantity={**q, "where": {"mode": "a"}},
+                relation={
+                    "kind": "less",
+                    "test": "mann_whitney",
+                    "other": {**q, "where": {"mode": "b"}},
+                },
+            ),
+            claim(
+                "point",
+                quantity={**q, "where": {"mode": "p"}, "reduce": "first"},
+                relation={"kind": "less", "other": {**q, "where": {"mode": "a"}, "reduce": "mean"}},
+            ),
+            claim(
+                "point-nd",
+                quantity={**q, "where": {"mode": "p"}, "reduce": "first"},
+                relation={
+                    "kind": "not_different",
+                    "other": {**q, "where": {"mode": "a"}, "reduce": "mean"},
+                },
+            ),
+        ],
+        runs=rows,
+    )
+    assert results["wide"].verdict == "PASS"
+    assert results["tight"].verdict == "FAIL" and "upper bound" in results["tight"].reason
+    # 3 vs 3 fully separated: the smallest one-sided Mann-Whitney p, 1/20 = 0.05, rejects.
+    assert results["mw"].verdict == "PASS" and "p=0.05" in results["mw"].observed
+    assert results["point"].verdict == "PASS" and "no repetitions" in results["point"].observed
+    assert (
+        results["point-nd"].verdict == "FAIL" and "needs repetitions" in results["point-nd"].reason
+    )
+
+
+def test_trends_need_rho_and_separated_ends(tmp_path):
+    rows = sweep_rows(
+        {
+            ("up", 2): [10, 11, 9],
+            ("up", 4): [20, 21, 19],
+            ("up", 8): [30, 31, 29],
+            ("flat", 2): [10, 30, 20],
+            ("flat", 4): [21, 19, 20],
+            ("flat", 8): [22, 5, 35],
+            ("bumpy", 2): [10],
+            ("bumpy", 4): [30],
+            ("bumpy", 8): [20],
+            # one repetition hit by a burst of load: Welch fails, the rank rule holds
+            ("burst", 2): [10, 11, 9],
+            ("burst", 4): [20, 21, 19],
+            ("burst", 8): [30, 31, 290],
+            ("overlap", 2): [10, 11, 35],
+            ("overlap", 4): [20, 21, 19],
+            ("overlap", 8): [30, 31, 29],
+        }
+    )
+
+    def trend(mode, kind="increasing", **rel):
+        return claim(
+            f"{mode}-{kind}" + ("-mw" if rel else ""),
+            quantity={
+                "table": "runs",
+                "where": {"mode": mode},
+                "column": "mean_ttft_ms",
+                "by": "max_num_seqs",
+            },
+            relation={"kind": kind, "min_rho": 0.5, **rel},
+        )
+
+    results = judge(
+        tmp_path,
+        [
+            trend("up"),
+            trend("up", "decreasing"),
+            trend("flat"),
+            trend("bumpy"),
+            trend("burst"),
+            trend("burst", test="mann_whitney"),
+            trend("overlap", test="mann_whitney"),
+        ],
+        runs=rows,
+    )
+    assert results["up-increasing"].verdict == "PASS"
+    assert "rho=1.00 over 3 settings" in results["up-increasing"].observed
+    assert results["up-decreasing"].verdict == "FAIL"
+    # Means 20, 20, 20.67 rise, but the ends are not apart beyond the noise.
+    assert results["flat-increasing"].verdict == "FAIL"
+    # rho 0.5 reaches min_rho; single runs have no ends test
+    assert results["bumpy-increasing"].verdict == "PASS"
+    assert results["burst-increasing"].verdict == "FAIL"
+    assert results["burst-increasing-mw"].verdict == "PASS"
+    assert "Mann-Whitney p=0.05" in results["burst-increasing-mw"].observed
+    assert results["overlap-increasing-mw"].verdict == "FAIL"
+
+
+def test_correlation_rules_and_undefined_rows(tmp_path):
+    runs = [
+        {"run": str(i), "mode": "a", "x": i, "y": 2 * i + (i % 3), "z": (i * 7) % 5, "k": 1.0}
+        for i in range(20)
+    ]
+    correlations = [
+        {
+            "group": "a",
+            "x": "m",
+            "y": "t",
+            "method": "spearman",
+            "r": 0.1,
+            "ci_low": -0.3,
+            "ci_high": 0.5,
+        },
+        {
+            "group": "a",
+            "x": "n",
+            "y": "t",
+            "method": "spearman",
+            "r": None,
+            "ci_low": None,
+            "ci_high": None,
+            "note": "constant input",
+        },
+    ]
+    results = judge(
+        tmp_path,
+        [
+            claim(
+                "pos",
+                quantity={"table": "runs", "column": "y"},
+                relation={"kind": "correlated", "x": "x", "min_abs_r": 0.9},
+            ),
+            claim(
+                "none",
+                quantity={"table": "runs", "column": "z"},
+                relation={"kind": "correlated", "x": "x"},
+            ),
+            claim(
+                "table-one",
+                quantity={"table": "correlations", "where": {"x": "m"}, "column": "r"},
+                relation={"kind": "uncorrelated"},
+            ),
+            claim(
+                "table-both",
+                quantity={"table": "correlations", "column": "r"},
+                relation={"kind": "uncorrelated"},
+            ),
+        ],
+        runs=runs,
+        correlations=correlations,
+    )
+    assert (
+        results["pos"].verdict == "PASS" and "x vs y (spearman): r=1.00" in results["pos"].observed
+    )
+    assert results["none"].verdict == "FAIL"
+    assert results["table-one"].verdict == "PASS"
+    assert results["table-both"].verdict == "FAIL"
+    assert "constant input" in results["table-both"].reason
+
+
+def test_skip_xfail_and_premises(tmp_path):
+    rows = sweep_rows({("a", 8): [100]})
+    q = {"table": "runs", "column": "mean_ttft_ms"}
+    results = judge(
+        tmp_path,
+        [
+            claim("base", quantity=q, expect={"max": 50}),
+            claim("on-premise", quantity=q, expect={"min": 0}, depends_on=["base"]),
+            claim("eplb", quantity=q, expect={"min": 0}, experiment="eplb_ablation"),
+            claim("after-skip", quantity=q, expect={"min": 0}, depends_on=["eplb"]),
+            claim("known", quantity=q, expect={"max": 50}, xfail="documented"),
+            claim(
+                "hw",
+                quantity=q,
+                hardware={"nvidia-a100*-x4": {"value": 100}, "cpu": {"value": 100}},
+            ),
+            claim("hw-none", quantity=q, hardware={"nvidia-a100*-x4": {"value": 100}}),
+        ],
+        runs=rows,
+    )
+    verdicts = {k: r.verdict for k, r in results.items()}
+    assert verdicts == {
+        "base": "FAIL",
+        "on-premise": "FAIL",
+        "eplb": "SKIP",
+        "after-skip": "SKIP",
+        "known": "XFAIL",
+        "hw": "PASS",
+        "hw-none": "SKIP",
+    }
+    assert "premise base FAILs" in results["on-premise"].reason
+    assert "nothing to balance" in results["eplb"].reason
+    assert results["after-skip"].reason.startswith("premise eplb is SKIP")
+    assert "no reference for hardware 'cpu'" in results["hw-none"].reason
+
+
+def test_hardware_ids():
+    assert hardware_id([]) == "cpu"
+    gpus = [{"name": "NVIDIA A100-SXM4-40GB"}] * 4
+    assert hardware_id(gpus) == "nvidia-a100-sxm4-40gb-x4"
+    assert hardware_id(["nvidia_a100"], 4) == "nvidia-a100-x4"

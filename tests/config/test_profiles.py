@@ -1,0 +1,95 @@
+import pytest
+
+from artifact.config.profiles import available_profiles, default_profile_name, load_profile
+from artifact.core.errors import ArtifactError
+
+
+def test_shipped_profiles_load():
+    assert {"local", "perlmutter"} <= set(available_profiles())
+    local = load_profile("local")
+    assert local.engine.kind == "transformers" and local.engine.host == "127.0.0.1"
+    hpc = load_profile("perlmutter")
+    assert hpc.modes["all2all-eplb"].enable_eplb
+    assert hpc.modes["baseline"].tensor_parallel_size == 4
+
+
+def test_default_profile_follows_nersc_host(monkeypatch):
+    monkeypatch.delenv("NERSC_HOST", raising=False)
+    assert default_profile_name() == "local"
+    monkeypatch.setenv("NERSC_HOST", "perlmutter")
+    assert default_profile_name() == "perlmutter"
+
+
+def test_unknown_field_names_file_field_and_allowed(write_profile):
+    path = write_profile(
+        {"datasets": {"seed": 1, "count": 5, "prompts_per_dataset": 3, "cuont": 4}}
+    )
+    with pytest.raises(ArtifactError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "field 'datasets.cuont'" in message and "unknown field" in message
+    assert "allowed here: count, prompts_per_dataset, seed" in message
+
+
+def test_bad_value_and_bad_choice(write_profile, local_profile_raw):
+    path = write_profile({"datasets": {"count": "many"}})
+    with pytest.raises(ArtifactError, match=r"field 'datasets.count'.*valid integer.*'many'"):
+        load_profile(path)
+    engine = dict(local_profile_raw["engine"], kind="sglang")
+    path = write_profile({"engine": engine})
+    with pytest.raises(ArtifactError, match=r"field 'engine.kind'.*allowed: 'transformers'"):
+        load_profile(path)
+
+
+def test_experiment_mode_must_exist(write_profile, local_profile_raw):
+    experiments = dict(local_profile_raw["experiments"])
+    experiments["imbalance"] = dict(experiments["imbalance"], modes=["eager", "turbo"])
+    path = write_profile({"experiments": experiments})
+    with pytest.raises(ArtifactError, match="names 'turbo', not one of the profile's modes"):
+        load_profile(path)
+
+
+def test_nsys_traces_need_the_vllm_engine(write_profile, local_profile_raw):
+    modes = dict(local_profile_raw["modes"])
+    modes["eager"] = dict(modes["eager"], nsys=True)
+    with pytest.raises(ArtifactError, match="modes.eager.nsys: nsys kernel traces need engine"):
+        load_profile(write_profile({"modes": modes}))
+
+
+def test_name_must_match_file_and_missing_profile(write_profile, tmp_path):
+    path = write_profile({"name": "other"})
+    with pytest.raises(ArtifactError, match="name is 'other' but the file is local.yaml"):
+        load_profile(path)
+    with pytest.raises(ArtifactError, match="no such profile; available: .*local"):
+        load_profile("nonexistent")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ArtifactError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_profile(broken)
+
+
+def test_section_hash_tracks_only_named_sections(write_profile, local_profile_raw):
+    a = load_profile(write_profile())
+    changed = dict(local_profile_raw["engine"], startup_timeout_s=10)
+    b = load_profile(write_profile({"engine": changed}))
+    assert a.section_hash("datasets") == b.section_hash("datasets")
+    assert a.section_hash("engine") != b.section_hash("engine")
+
+
+def test_gpu_profile_has_mixtral_8x7b_layer_shapes_and_runnable_modes():
+    from artifact.engines.base import get_engine
+
+    gpu = load_profile("gpu")
+    arch = gpu.model.architecture
+    assert (arch["hidden_size"], arch["intermediate_size"]) == (4096, 14336)
+    assert (arch["num_local_experts"], arch["num_experts_per_tok"]) == (8, 2)
+    assert (arch["num_attention_heads"], arch["num_key_value_heads"]) == (32, 8)
+    assert arch["vocab_size"] == 32000
+    assert (gpu.engine.device, gpu.model.dtype) == ("cuda", "bfloat16")
+    assert 0 < gpu.engine.replay_tolerance <= 0.1
+    engine = get_engine(gpu, None)
+    for name, mode in gpu.modes.items():
+        engine.validate_mode(name, mode)
+    # batched_mm gathers a 352 MB weight slab per routed token-expert pair at these shapes
+    assert {m.experts_implementation for m in gpu.modes.values()} == {"eager", "grouped_mm"}

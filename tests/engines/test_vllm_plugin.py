@@ -1,0 +1,277 @@
+"""The vLLM routing plugin against a stand-in of the call surface it wraps.
+
+tests/fixtures/vllm_standin/ mimics vLLM's FusedMoE.select_experts (2-tuple at 0.10.x / 2f13319f,
+3-tuple at 0.11.0, same parameter names), FusedMoE.forward_impl, the forward context's DP
+metadata (cu_tokens_across_dp_cpu vs num_tokens_across_dp_cpu) and the model runner's
+execute_model / _dummy_run. The plugin is installed through its entry point function and
+the real import paths (`vllm.model_executor.layers.fused_moe.layer`, ...), as in vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from artifact.engines.vllm.plugin.merge import merge_rank_logs  # noqa: E402
+from artifact.routing.format import PHASE_CODE, RoutingLog  # noqa: E402
+
+STANDIN = Path(__file__).resolve().parents[1] / "fixtures" / "vllm_standin"
+E, K, LAYERS = 8, 2, 3
+
+
+def _purge() -> None:
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(params=["0.10", "0.11"])
+def vllm(request, monkeypatch, tmp_path):
+    """The stand-in vLLM of one API generation, with the plugin registered."""
+    from artifact.engines.vllm.plugin import hooks, register
+
+    monkeypatch.setenv("VLLM_STANDIN_API", request.param)
+    monkeypatch.setenv("MOE_ARTIFACT_ROUTING_CONTROL", str(tmp_path / "control.json"))
+    monkeypatch.syspath_prepend(str(STANDIN))
+    _purge()
+    hooks.reset()
+    register()
+    import vllm as standin
+
+    assert hooks._installed and request.param == standin.API
+    yield standin
+    hooks.reset()
+    _purge()
+
+
+def modules():
+    from vllm.distributed import parallel_state
+    from vllm.forward_context import set_dp_sizes
+    from vllm.model_executor.layers.fused_moe import layer as moe
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner, SchedulerOutput
+
+    return moe, GPUModelRunner, SchedulerOutput, set_dp_sizes, parallel_state
+
+
+def control(tmp_path: Path, path: Path | None, serial: int, meta: dict | None = None) -> None:
+    from artifact.engines.vllm.plugin import hooks
+
+    target = tmp_path / "control.json"
+    tmp = tmp_path / "control.json.tmp"
+    tmp.write_text(
+        json.dumps({"path": str(path) if path else None, "meta": meta, "serial": serial})
+    )
+    tmp.replace(target)
+    hooks.recorder().poll_once()
+
+
+def counts_of(logits: torch.Tensor) -> np.ndarray:
+    ids = torch.topk(logits, K, dim=-1).indices
+    return np.bincount(ids.reshape(-1).numpy(), minlength=E)
+
+
+def batch(gen, reqs: dict[str, tuple[int, int, int]]):
+    """reqs: id -> (computed, prompt, scheduled); returns SchedulerOutput fields + masks."""
+    total = sum(n for _, _, n in reqs.values())
+    logits = [torch.randn(total, E, generator=gen) for _ in range(LAYERS)]
+    mask = np.concatenate([np.arange(c, c + n) < p for c, p, n in reqs.values()])
+    return total, logits, mask
+
+
+def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path):
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    layers = [moe.FusedMoE(f"model.layers.{i}.block_sparse_moe.experts") for i in range(LAYERS)]
+    runner = Runner(layers)
+    runner._dummy_run(4)  # start-up profiling run: binds the runner, finds the layers
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1, {"unit": "u1"})
+    gen = torch.Generator().manual_seed(0)
+    expected = np.zeros((2, LAYERS, 2, E), dtype=np.int64)  # step, layer, phase, expert
+    plans = [
+        {"a": (0, 5, 5), "b": (7, 7, 1), "c": (2, 6, 4)},  # prefill, decode, chunked prefill
+        {"a": (5, 5, 1), "b": (8, 7, 1)},  # decode only
+    ]
+    for step, reqs in enumerate(plans):
+        total, logits, mask = batch(gen, reqs)
+        runner.execute_model(
+            SchedulerOutput(
+                num_scheduled_tokens={r: n for r, (_, _, n) in reqs.items()},
+                total_num_scheduled_tokens=total,
+                requests={r: (c, p) for r, (c, p, _) in reqs.items()},
+                router_logits=logits,
+                pad_to=total + 3,  # padding past the scheduled tokens is not counted
+            )
+        )
+        for i, lg in enumerate(logits):
+            expected[step, i, 0] = counts_of(lg[torch.from_numpy(mask)])
+            expected[step, i, 1] = counts_of(lg[torch.from_numpy(~mask)])
+        # flushed per step: readable while the capture runs
+        assert RoutingLog(f"{cap}.rank0").num_records > 0
+    # the wrapped select_experts returns vLLM's tuple unchanged
+    assert len(layers[0].calls[-1]) == (3 if vllm.API == "0.11" else 2)
+    control(tmp_path, None, 2)
+    log = RoutingLog(f"{cap}.rank0")
+    h = log.header
+    assert (h.num_experts, h.top_k, h.num_layers, h.rank, h.world_size) == (E, K, LAYERS, 0, 1)
+    assert h.layer_names[0] == "model.layers.0.block_sparse_moe.experts"
+    assert h.expert_map is None and h.meta["unit"] == "u1"
+    assert vllm.__version__ in h.source
+    rec = log.read_all()
+    got = np.zeros_like(expected)
+    for r in rec:
+        got[r["step"], r["layer"], r["phase"]] += r["counts"]
+        assert r["counts"].sum() == K * r["num_tokens"]
+    assert np.array_equal(got, expected)
+    done = json.loads(Path(f"{cap}.rank0.done").read_text())
+    assert done["tokens"] == {"prefill": 9, "decode": 3, "unknown": 0} and done["steps"] == 2
+
+
+def test_other_tensor_parallel_ranks_write_nothing(vllm, tmp_path):
+    moe, Runner, _, _, parallel_state = modules()
+    parallel_state.TP_RANK = 1
+    try:
+        runner = Runner([moe.FusedMoE("l0")])
+        runner._dummy_run(2)
+        control(tmp_path, tmp_path / "cap.routing", 1)
+        runner._dummy_run(2)
+        control(tmp_path, None, 2)
+    finally:
+        parallel_state.TP_RANK = 0
+    assert not list(tmp_path.glob("cap.routing.rank*"))
+
+
+def test_data_parallel_ranks_record_their_own_slice_and_merge_to_the_global_batch(vllm, tmp_path):
+    """Four DP ranks replay the same engine steps (each sees the all-gathered batch)."""
+    moe, Runner, SchedulerOutput, set_dp_sizes, _ = modules()
+    gen = torch.Generator().manual_seed(1)
+    # per step, per rank: requests (None: the rank is idle and runs a 1-token dummy batch)
+    steps = [
+        [{"a": (0, 4, 4)}, {"b": (0, 3, 3), "c": (6, 6, 1)}, None, {"d": (0, 2, 2)}],
+        [{"a": (4, 4, 1)}, None, None, {"d": (2, 2, 1)}],
+    ]
+    plans = []
+    for ranks in steps:
+        plans.append([None if reqs is None else (reqs, *batch(gen, reqs)) for reqs in ranks])
+    truth = np.zeros((LAYERS, 2, E), dtype=np.int64)
+    for ranks in plans:
+        for plan in ranks:
+            if plan is not None:
+                _, _, logits, mask = plan
+                for i, lg in enumerate(logits):
+                    truth[i, 0] += counts_of(lg[torch.from_numpy(mask)])
+                    truth[i, 1] += counts_of(lg[torch.from_numpy(~mask)])
+    cap = tmp_path / "cap.routing"
+    from artifact.engines.vllm.plugin import hooks
+
+    for rank in range(4):
+        hooks.reset()
+        layers = [moe.FusedMoE(f"l{i}", ep_rank=rank, ep_size=4) for i in range(LAYERS)]
+        runner = Runner(layers, dp_rank=rank, dp_size=4)
+        runner._dummy_run(1)
+        control(tmp_path, cap, 10 + rank)
+        for ranks in plans:
+            sizes = [1 if p is None else p[1] for p in ranks]
+            layer_no = iter(range(10**6))
+
+            def dispatch(hidden, logits, ranks=ranks, sizes=sizes, layer_no=layer_no, rank=rank):
+                i = next(layer_no) % LAYERS
+                parts = [torch.zeros(1, E) if p is None else p[2][i] for p in ranks]
+                assert logits.shape[0] == sizes[rank]
+                return torch.zeros(sum(sizes), 4), torch.cat(parts)
+
+            set_dp_sizes(sizes)
+            moe.DISPATCH = dispatch
+            try:
+                plan = ranks[rank]
+                if plan is None:
+                    runner._dummy_run(1)
+                else:
+                    reqs, total, logits, _ = plan
+                    runner.execute_model(
+                        SchedulerOutput(
+                            num_scheduled_tokens={r: n for r, (_, _, n) in reqs.items()},
+                            total_num_scheduled_tokens=total,
+                            requests={r: (c, p) for r, (c, p, _) in reqs.items()},
+                            router_logits=logits,
+                        )
+                    )
+            finally:
+                moe.DISPATCH = None
+                set_dp_sizes(None)
+        control(tmp_path, None, 20 + rank)
+        header = RoutingLog(f"{cap}.rank{rank}").header
+        assert header.rank == rank and header.world_size == 4
+        assert list(header.expert_map) == [2 * rank, 2 * rank + 1]
+    stats = merge_rank_logs(cap)
+    assert stats["ranks"] == 4
+    idle = {r["rank"]: r["dummy_steps"] for r in stats["per_rank"]}
+    assert idle == {0: 0, 1: 1, 2: 2, 3: 0}
+    merged = RoutingLog(cap).read_all()
+    got = np.zeros_like(truth)
+    for r in merged:
+        got[r["layer"], r["phase"]] += r["counts"]
+    assert np.array_equal(got, truth)
+    assert stats["tokens"]["prefill"] == 4 + 3 + 2 and stats["tokens"]["decode"] == 1 + 1 + 1
+    assert int(merged["phase"].max()) <= PHASE_CODE["decode"]
+
+
+def test_eplb_physical_ids_are_counted_as_logical_experts(vllm, tmp_path):
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    layer = moe.FusedMoE("l0", enable_eplb=True)
+    runner = Runner([layer])
+    runner._dummy_run(1)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    gen = torch.Generator().manual_seed(2)
+    total, logits, _ = batch(gen, {"a": (0, 6, 6)})
+    runner.execute_model(
+        SchedulerOutput(
+            num_scheduled_tokens={"a": 6},
+            total_num_scheduled_tokens=total,
+            requests={"a": (0, 6)},
+            router_logits=logits[:1],
+        )
+    )
+    physical = layer.calls[-1][1]
+    logical = torch.topk(logits[0], K, dim=-1).indices
+    assert not torch.equal(physical.long(), logical)  # the stand-in maps to replicas
+    control(tmp_path, None, 2)
+    rec = RoutingLog(f"{cap}.rank0").read_all()
+    assert np.array_equal(rec[0]["counts"], counts_of(logits[0]))
+
+
+def test_a_capture_stops_while_the_engine_is_idle_and_restarts(vllm, tmp_path):
+    moe, Runner, _, _, _ = modules()
+    runner = Runner([moe.FusedMoE("l0")])
+    runner._dummy_run(1)
+    control(tmp_path, tmp_path / "one.routing", 1)
+    control(tmp_path, tmp_path / "two.routing", 2)  # restart closes the first
+    assert Path(f"{tmp_path}/one.routing.rank0.done").exists()
+    control(tmp_path, None, 3)
+    assert Path(f"{tmp_path}/two.routing.rank0.done").exists()
+    assert RoutingLog(f"{tmp_path}/two.routing.rank0").num_records == 0
+
+
+def test_register_is_a_no_op_without_the_control_variable(monkeypatch):
+    from artifact.engines.vllm.plugin import hooks, register
+
+    monkeypatch.delenv("MOE_ARTIFACT_ROUTING_CONTROL", raising=False)
+    hooks.reset()
+    register()
+    assert not hooks._installed
+
+
+def test_register_never_raises_into_vllm(monkeypatch, caplog):
+    from artifact.engines.vllm.plugin import hooks, register
+
+    monkeypatch.setenv("MOE_ARTIFACT_ROUTING_CONTROL", "/tmp/x.json")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM not importable
+    hooks.reset()
+    register()
+    assert not hooks._installed
+    assert "not installed" in caplog.text

@@ -1,0 +1,108 @@
+"""The plots stage on a small run directory: figures, Table 1, report.md and report.html."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from test_checker_fixture import build_run_dir, write_claims
+
+from artifact.checker.tables import RunTables
+from artifact.cli import main
+from artifact.config.profiles import load_profile
+from artifact.profiling.nsys import KernelRow, compare, summarize
+from artifact.report.build import make_figures
+from artifact.report.figures import PERF, imbalance_figure
+
+LOCAL_PROFILE = Path(__file__).resolve().parents[2] / "reproduce" / "profiles" / "local.yaml"
+
+
+@pytest.fixture(scope="module")
+def plotted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    claims = write_claims(root / "claims.yaml")
+    profile = root / "profiles" / "local.yaml"
+    profile.parent.mkdir()
+    raw = yaml.safe_load(LOCAL_PROFILE.read_text())
+    profile.write_text(yaml.safe_dump({**raw, "expected_results": str(claims)}))
+    run = build_run_dir(root, profile)
+    args = ["--profile", str(profile), "--run-dir", str(run)]
+    assert main(["imbalance", *args]) == 0
+    assert main(["plots", *args]) == 0
+    return run, args
+
+
+def test_every_figure_and_the_report(plotted):
+    run, _ = plotted
+    out = run / "plots"
+    figures = json.loads((out / "figures.json").read_text())
+    numbers = [f["number"] for f in figures]
+    assert numbers == ["1", "2", "4", "5", "6", "7a", "7b", "8"]
+    for f in figures:
+        png = out / f["file"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f["caption"]
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    # Every figure is linked from the Markdown and inlined in the HTML (self-contained).
+    for f in figures:
+        assert f"]({f['file']})" in md
+    assert html.count('src="data:image/png;base64,') == len(figures)
+    assert not re.search(r'src="(?!data:)', html)
+    # Experiment 2 is disabled in the local profile: the report says why.
+    assert "**SKIP**: EPLB rearranges experts" in md
+    # The sweep caption names the fixed setting and the repetitions.
+    assert "at max-num-batched-tokens = 512" in md and "means of 3 repetitions" in md
+    # The claims table is in the report, with its verdicts.
+    assert "4 PASS, 2 SKIP, 1 XFAIL" in md and "| `exp1.ttft_falls` |" in md
+    for section in ("## Profile", "## Provenance", "## Findings", "## Claims"):
+        assert section in md
+
+
+def test_iqr_filter_is_reported(plotted, tmp_path):
+    run, _ = plotted
+    tables = RunTables(run)
+    fig = imbalance_figure(
+        tables.get("runs"),
+        tables.get("correlations"),
+        xs=("predicted_score",),
+        ys=PERF[:1],
+        modes=("eager", "grouped_mm"),
+        out=tmp_path,
+        number="4",
+        slug="t",
+        title="t",
+        caption="c.",
+        iqr=True,
+    )
+    assert fig is not None and fig.path.exists()
+    assert "after the study's 1.5 x IQR filter" in fig.caption
+
+
+def kernels(scale: float) -> list[KernelRow]:
+    def row(name, total_ms, n):
+        avg = total_ms * 1e6 / n
+        return KernelRow(name, total_ms * 1e6, n, avg, avg, avg / 2, avg * 3, avg / 4, None)
+
+    return [
+        row("fused_moe_kernel", 1000 * scale, 100),
+        row("ncclDevKernel_AllReduce_Sum_f32_RING_LL(x)", 300, 50),
+        row(
+            "void vllm::moe::moe_sum_kernel<c10::BFloat16, (int)2>(T1 *, const T1 *, int)", 50, 100
+        ),
+    ]
+
+
+def test_eplb_table_and_figure(tmp_path):
+    runs = [summarize(kernels(1.0), label="all2all"), summarize(kernels(1.1), label="all2all-eplb")]
+    tables = RunTables(tmp_path)
+    tables._cache.update(runs=[], eplb=compare(*runs), eplb_runs=runs)
+    figures, extra = make_figures(tables, load_profile("perlmutter"), tmp_path)
+    assert [f.number for f in figures] == ["3"]
+    assert "| fused_moe total (ms) | 1,000.00 | 1,100.00 | +10.0% |" in extra["table1"]
+    assert (tmp_path / "table1_eplb.md").exists()
+    assert extra["skipped"] == {
+        "Experiment 1": "no config-sweep runs in this run directory",
+        "Experiment 3": "no imbalance-experiment runs in this run directory",
+    }

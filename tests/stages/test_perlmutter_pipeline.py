@@ -1,0 +1,212 @@
+"""The perlmutter profile's stages end to end against stand-ins (tests/fixtures/standins.py):
+launcher bare with the stand-in `vllm` and `nsys` on PATH, the weights already in a scratch Hugging
+Face cache. One Slurm job per experiment (MOE_ARTIFACT_EXPERIMENTS) on one run directory:
+the EPLB ablation (timed runs, then a profiled pass per mode under nsys), then the imbalance
+experiment, then the rest; the imbalance stage turns the nsys reports into the EPLB table
+and the checker's exp2 claims read it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from standins import install, write_hf_snapshot
+
+from artifact.checker import check_run
+from artifact.config.profiles import EXPERIMENTS_ENV, load_profile
+from artifact.core.errors import ArtifactError
+from artifact.core.manifest import RunDir, hash_tree
+from artifact.core.runner import StageContext, run_stage
+from artifact.stages import load_stage
+
+A100 = "nvidia-a100-sxm4-40gb-x4"
+JOB_STAGES = ("install", "datasets", "serve", "bench")  # reproduce/perlmutter/experiment.sbatch
+
+
+@pytest.fixture
+def pipeline(tmp_path, fake_vllm, monkeypatch):
+    """(context, calls file of nsys): a small perlmutter-like profile, weights cached."""
+    bin_dir = Path(os.environ["PATH"].split(os.pathsep)[0])
+    install(bin_dir, "nsys")
+    monkeypatch.setenv("FAKE_NSYS_CALLS", str(tmp_path / "nsys-calls"))
+    raw = yaml.safe_load(fake_vllm.read_text())
+    raw["engine"]["hf_home"] = "$MOE_TEST_SCRATCH/hf"
+    monkeypatch.setenv("MOE_TEST_SCRATCH", str(tmp_path / "scratch"))
+    write_hf_snapshot(tmp_path / "scratch" / "hf", raw["model"]["hub_id"])
+    # The EPLB build logs "EPLB is enabled"; its kernels take 5.6% longer (stand-in nsys).
+    raw["modes"]["all2all-eplb"]["env"] = {
+        "FAKE_VLLM_VERSION": "0.11.0",
+        "FAKE_KERNEL_SCALE": "1.056",
+    }
+    raw["datasets"] = {"seed": 3, "count": 3, "prompts_per_dataset": 3}
+    bench = {"request_rate": "inf", "output_len": 3, "warmup_requests": 1, "repeat": 2}
+    experiments = raw["experiments"]
+    experiments["config_sweep"].update(
+        modes=["baseline"],
+        max_num_seqs=[8],
+        max_num_batched_tokens=[2048],
+        fixed_max_num_seqs=8,
+        fixed_max_num_batched_tokens=2048,
+        prompts=3,
+        bench=dict(bench, repeat=1),
+    )
+    experiments["eplb_ablation"].update(prompts=4, bench=bench)
+    experiments["imbalance"].update(datasets=2, bench=dict(bench, repeat=1))
+    fake_vllm.write_text(yaml.safe_dump(raw))
+    ctx = StageContext(profile=load_profile(fake_vllm), run_dir=RunDir(tmp_path / "run"))
+    return ctx, tmp_path / "nsys-calls"
+
+
+def job(ctx, monkeypatch, experiment: str | None) -> list[str]:
+    if experiment is None:
+        monkeypatch.delenv(EXPERIMENTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(EXPERIMENTS_ENV, experiment)
+    return [run_stage(load_stage(name), ctx) for name in JOB_STAGES]
+
+
+def launch(log: Path) -> dict:
+    return json.loads(log.read_text().splitlines()[0].split(": ", 1)[1])
+
+
+def profiles_run(calls: Path) -> int:
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return sum(json.loads(line)[0] == "profile" for line in lines)
+
+
+def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch):
+    ctx, nsys_calls = pipeline
+    run, bench = ctx.run_dir.path, ctx.run_dir.path / "bench"
+
+    # Job 1: the EPLB ablation only.
+    assert job(ctx, monkeypatch, "eplb_ablation") == ["complete"] * 4
+    model = json.loads((run / "install" / "model.json").read_text())
+    assert model["commit"] and set(model["files"]) == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
+    assert not (run / "install" / "images.json").exists()  # launcher bare: no image
+    assert sorted(p.name for p in (run / "serve").iterdir()) == ["all2all", "all2all-eplb"]
+    assert sorted(p.name for p in bench.iterdir()) == ["eplb_ablation"]
+    assert (run / "datasets" / "eplb_prompts.jsonl").read_text().count("\n") == 4
+    for mode in ("all2all", "all2all-eplb"):
+        unit = bench / "eplb_ablation" / mode
+        record = json.loads((unit / "unit.json").read_text())
+        assert [r["result"] for r in record["runs"]] == ["run.rep00.json", "run.rep01.json"]
+        assert all(r["assignments_per_layer"] == 2 * r["processed_tokens"] for r in record["runs"])
+        assert launch(unit / "server.log")["argv"][:2] == ["vllm", "serve"]  # timed: no nsys
+        profile = unit / "profile"
+        assert launch(profile / "server.log")["argv"][:2] == ["nsys", "profile"]
+        assert (profile / "server.nsys-rep").is_file()
+        marker = json.loads((profile / "profile.json").read_text())
+        assert marker["completed"] == 4 and marker["result"] == "profile.rep00.json"
+        assert not list(profile.glob("*.routing")) and not (profile / "unit.json").exists()
+    eplb_prov = json.loads(
+        (bench / "eplb_ablation" / "all2all-eplb" / "provenance.json").read_text()
+    )
+    assert eplb_prov["eplb_enabled"] and eplb_prov["vllm_version"] == "0.11.0"
+    assert ctx.run_dir.record("bench")["experiments"] == ["eplb_ablation"]
+    assert profiles_run(nsys_calls) == 2
+    ablation_files = hash_tree(bench / "eplb_ablation", run)
+    timed_done = (bench / "eplb_ablation" / "all2all" / "unit.json").stat().st_mtime_ns
+
+    # Job 2: the imbalance experiment on the same run directory; job 1's units stay.
+    assert job(ctx, monkeypatch, "imbalance") == ["skipped", "skipped", "complete", "complete"]
+    assert (run / "serve" / "baseline" / "provenance.json").exists()
+    assert sorted(p.name for p in bench.iterdir()) == ["eplb_ablation", "imbalance"]
+    assert len(list((bench / "imbalance").rglob("unit.json"))) == 2 * 2
+    assert hash_tree(bench / "eplb_ablation", run) == ablation_files
+    assert ctx.run_dir.record("bench")["experiments"] == ["eplb_ablation", "imbalance"]
+    assert ctx.run_dir.record("serve")["experiments"] == ["eplb_ablation", "imbalance"]
+    assert job(ctx, monkeypatch, "imbalance") == ["skipped"] * 4
+
+    # An interrupted ablation job resumes at its unfinished unit: only one profiled pass.
+    (bench / "eplb_ablation" / "all2all-eplb" / "profile" / "profile.json").unlink()
+    ctx.run_dir.update("bench", status="failed")
+    assert job(ctx, monkeypatch, "eplb_ablation")[-1] == "complete"
+    assert profiles_run(nsys_calls) == 3
+    assert (bench / "eplb_ablation" / "all2all" / "unit.json").stat().st_mtime_ns == timed_done
+
+    # No selection: only the experiment not yet run (the config sweep) runs.
+    assert job(ctx, monkeypatch, None)[-1] == "complete"
+    assert (bench / "config_sweep" / "baseline" / "8_2048" / "unit.json").exists()
+    assert ctx.run_dir.record("bench")["experiments"] == [
+        "config_sweep",
+        "eplb_ablation",
+        "imbalance",
+    ]
+
+    # Analysis (reproduce/perlmutter/finish.sbatch): an older nsys knows only `gpukernsum`.
+    monkeypatch.setenv("FAKE_NSYS_OLD", "1")
+    assert run_stage(load_stage("imbalance"), ctx) == "complete"
+    stats = [json.loads(x) for x in nsys_calls.read_text().splitlines() if '"stats"' in x]
+    assert [c[c.index("--report") + 1] for c in stats] == ["cuda_gpu_kern_sum", "gpukernsum"] * 2
+    report = bench / "eplb_ablation" / "all2all" / "profile" / "server.nsys-rep"
+    csv_path = run / "imbalance" / "nsys" / "eplb_ablation" / "all2all" / "profile"
+    assert stats[1] == [
+        "stats",
+        "--report",
+        "gpukernsum",
+        "--format",
+        "csv",
+        "--sqlite",
+        str(csv_path / "server.kernels.sqlite"),
+        "--output",
+        str(csv_path / "server.kernels.nsys"),
+        str(report),
+    ]
+    assert sorted(p.name for p in csv_path.iterdir()) == ["server.kernels.csv"]
+    assert not list(bench.rglob("*.sqlite")) and not list(bench.rglob("*.csv"))
+    eplb = json.loads((run / "imbalance" / "eplb.json").read_text())
+    assert [r["label"] for r in eplb["runs"]] == ["all2all", "all2all-eplb"]
+    assert eplb["runs"][0]["source"] == (
+        "imbalance/nsys/eplb_ablation/all2all/profile/server.kernels.csv"
+    )
+    change = {c["metric"]: c["change_pct"] for c in eplb["comparison"]}
+    assert change["fused_moe.total_ms"] == pytest.approx(5.6, abs=0.01)
+    assert change["nccl.by_collective.AllReduce.total_ms"] == pytest.approx(5.6, abs=0.01)
+    assert change["attention.total_ms"] == pytest.approx(0.0)
+    ablation_rows = [
+        r
+        for r in json.loads((run / "imbalance" / "runs.json").read_text())
+        if r["experiment"] == "eplb_ablation"
+    ]
+    assert len(ablation_rows) == 2 * 2  # timed runs only: the profiled passes are not runs
+
+    # The checker's EPLB claims are judged on this run's own tables.
+    results, _, _ = check_run(run, ctx.profile, hardware=A100)
+    exp2 = {r.id: r for r in results if r.id.startswith("exp2.")}
+    assert exp2["exp2.eplb_enabled"].verdict == "PASS"
+    assert exp2["exp2.fused_moe_total_change"].verdict == "PASS"
+    assert exp2["exp2.fused_moe_total_change"].observed.startswith("5.6")
+    assert exp2["exp2.flashinfer_moe_kernel"].observed.startswith("0")
+    assert all(r.observed not in ("", "no data") for r in exp2.values()), exp2
+
+    # A resumed analysis keeps kernel summaries newer than their reports.
+    ctx.run_dir.update("imbalance", status="failed")
+    assert run_stage(load_stage("imbalance"), ctx) == "complete"
+    assert sum('"stats"' in x for x in nsys_calls.read_text().splitlines()) == len(stats)
+
+
+def test_reports_without_nsys_on_path_fail_clearly(pipeline, monkeypatch, tmp_path):
+    ctx, _ = pipeline
+    job(ctx, monkeypatch, "eplb_ablation")
+    Path(os.environ["PATH"].split(os.pathsep)[0], "nsys").unlink()
+    with pytest.raises(ArtifactError, match="module load nsight-systems"):
+        run_stage(load_stage("imbalance"), ctx)
+
+
+def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatch):
+    """An nsys that does not write its report is a StageFailed naming the server log."""
+    ctx, _ = pipeline
+    nsys = Path(os.environ["PATH"].split(os.pathsep)[0], "nsys")
+    nsys.write_text('#!/usr/bin/env bash\nwhile [[ $1 != vllm ]]; do shift; done\nexec "$@"\n')
+    with pytest.raises(ArtifactError, match=r"no nsys report .*server\.log"):
+        job(ctx, monkeypatch, "eplb_ablation")
+    timed = ctx.run_dir.path / "bench" / "eplb_ablation"
+    assert (timed / "all2all" / "unit.json").exists() and (
+        timed / "all2all-eplb" / "unit.json"
+    ).exists()
