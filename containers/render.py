@@ -13,11 +13,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 HERE = Path(__file__).resolve().parent
 SRC = "/opt/moe-artifact/src"
 
-SPEC = {
+
+class Spec(TypedDict):
+    args: dict[str, str]
+    env: dict[str, str]
+    labels: dict[str, str]
+    install: list[str]
+
+
+SPEC: Spec = {
     # build arguments and their defaults (the GPU image of the study's sweep build)
     "args": {
         "BASE_IMAGE": "docker.io/nvidia/cuda:12.8.1-devel-ubuntu24.04",
