@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from artifact.gpu.kernels.plot import plot_results
 from artifact.gpu.kernels.routing import RoutingSpec, ids_from_loads, routing_weights, scale_loads
 from artifact.routing.measures import ExpertPlacement, max_mean, rank_loads, rank_max_mean
 from artifact.routing.tables import csv_text, markdown_table
+
+if TYPE_CHECKING:
+    from artifact.gpu.kernels.triton_moe import ConfigTable
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 TP_REPLAY_IMPLS = ("triton", "grouped_mm")
@@ -167,7 +171,7 @@ class Clock:
 
 
 def card_info(device: torch.device) -> dict:
-    info = {"device": device.type, "torch": torch.__version__}
+    info: dict[str, str | int | None] = {"device": device.type, "torch": torch.__version__}
     for package in ("triton", "transformers"):
         try:
             info[package] = metadata.version(package)
@@ -229,7 +233,7 @@ class Bench:
         self.weights = MoEWeights.seeded(self.shape, opts.seed, self.device, self.dtype)
         self.reference = moe_loop(self.weights.to(torch.float64))
         self.placement = ExpertPlacement.contiguous(self.shape.experts, opts.ep_ranks)
-        self.table = None
+        self.table: ConfigTable | None = None
         if "triton" in opts.impls:
             from artifact.gpu.kernels.triton_moe import ConfigTable
 
@@ -297,7 +301,9 @@ class Bench:
             gemm_candidates,
         )
 
-        w, shape, rows, entries = self.weights, self.shape, [], {}
+        w, shape = self.weights, self.shape
+        rows: list[dict] = []
+        entries: dict[int, MoEConfig] = {}
         for tokens in self.opts.tokens:
             sets = [self.draw(RoutingSpec("uniform"), tokens) for _ in range(2)]
             found = []
@@ -426,7 +432,7 @@ class Bench:
         rows, ep_rows = [], []
         shape, opts = self.shape, self.opts
         ep = opts.ep_ranks > 1 and "triton" in opts.impls
-        fns = {name: None for name in opts.impls}
+        fns: dict[str, MoEFn | None] = dict.fromkeys(opts.impls)
         for tokens in opts.tokens:
             console.print(f"[bold]T={tokens}[/]")
             for spec in opts.routings:
@@ -448,10 +454,10 @@ class Bench:
                     "bound_ms": _round(bound_ms),
                     "bound": bound_kind,
                 }
-                timed = {}
+                timed: dict[str, tuple[dict, list[np.ndarray]]] = {}
                 for name in opts.impls:
                     row = {**common, "impl": name}
-                    if name == "triton":
+                    if name == "triton" and self.table is not None:
                         config = self.table.lookup(tokens, shape.experts, shape.top_k)
                         row["config"] = config.describe()
                     rows.append(row)
@@ -460,9 +466,10 @@ class Bench:
                         row["status"] = skip
                         continue
                     try:
-                        if fns[name] is None:
-                            fns[name] = self.make(name)
-                        checker = self.make(name, poison=True) if name == "triton" else fns[name]
+                        fn = fns[name]
+                        if fn is None:
+                            fn = fns[name] = self.make(name)
+                        checker = self.make(name, poison=True) if name == "triton" else fn
                         row["rel_err"], row["status"] = self.check(checker, check_inputs, ref)
                     except Exception as exc:  # recorded; the grid goes on
                         row["status"] = f"error: {_one_line(exc)}"
@@ -842,7 +849,7 @@ def run_kernels(opts: BenchOptions, out_dir: Path) -> dict:
     )
     tuning = bench.tune() if opts.tune and "triton" in opts.impls else []
     rows, ep_rows = bench.grid()
-    sources = [spec.source for spec in opts.routings if spec.kind == "replay"]
+    sources = [spec.replay_source for spec in opts.routings if spec.kind == "replay"]
     steps = bench.replay_steps(sources) if opts.replay_steps > 0 else []
     profile = bench.kernel_breakdown() if opts.profile and bench.clock.cuda else []
     acceptance = acceptance_rows(rows, opts.tolerance)

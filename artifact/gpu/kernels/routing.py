@@ -100,8 +100,14 @@ class RoutingSpec:
         if self.kind == "zipf":
             return f"zipf-{self.exponent:g}"
         if self.kind == "replay":
-            return f"replay:{self.source.name}"
+            return f"replay:{self.replay_source.name}"
         return self.kind
+
+    @property
+    def replay_source(self) -> LoadSource:
+        if self.source is None:
+            raise ArtifactError(f"routing {self.kind!r} has no replay source")
+        return self.source
 
     def draw(
         self, tokens: int, num_experts: int, top_k: int, rng: np.random.Generator
@@ -121,9 +127,11 @@ class RoutingSpec:
             return ids_from_loads(self.replay_loads(tokens, rng), top_k, rng)
         raise ArtifactError(f"unknown routing kind {self.kind!r}")
 
-    def replay_loads(self, tokens: int, rng: np.random.Generator, row: int | None = None):
+    def replay_loads(
+        self, tokens: int, rng: np.random.Generator, row: int | None = None
+    ) -> np.ndarray:
         """A logged step's loads (row, else a random row) scaled to `tokens`."""
-        source = self.source
+        source = self.replay_source
         if row is None:
             row = int(rng.integers(len(source)))
         return scale_loads(source.loads[row], tokens, source.top_k)
