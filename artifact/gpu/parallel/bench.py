@@ -149,6 +149,8 @@ class ParallelBench:
     def layer(self, mode: str, spec: PlacementSpec | None, loads: np.ndarray):
         if mode == "tp":
             return self.tp, ""
+        if spec is None:
+            raise ArtifactError(f"the {mode} mode needs an expert placement")
         placement = spec.build(loads, self.world)
         return EP_LAYERS[mode](self.weights, placement, self.rank, self.opts.impl), placement
 

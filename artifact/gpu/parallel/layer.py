@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ class Marks:
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
-        self.points: list[tuple[str | None, object]] = []
+        # (phase, CUDA event or perf_counter seconds); phase None marks a start
+        self.points: list[tuple[str | None, Any]] = []
 
     def mark(self, phase: str | None = None) -> None:
         """End of `phase` (None: the start of the call)."""
@@ -83,9 +85,10 @@ class Marks:
 
     def durations(self) -> dict[str, float]:
         """Milliseconds per phase, in call order."""
-        out = {}
+        out: dict[str, float] = {}
         for (_, start), (phase, end) in zip(self.points, self.points[1:], strict=False):
-            out[phase] = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+            if phase is not None:
+                out[phase] = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
         return out
 
 

@@ -83,7 +83,8 @@ class Placement:
         counts = self.replica_counts
         replica = np.full((self.num_experts, int(counts.max())), -1, dtype=np.int64)
         filled = np.zeros(self.num_experts, dtype=np.int64)
-        rank_of, local_of = [], []
+        rank_of: list[int] = []
+        local_of: list[int] = []
         for r, experts in enumerate(self.slots):
             for i, e in enumerate(experts):
                 replica[e, filled[e]] = len(rank_of)

@@ -380,8 +380,8 @@ def plot(results: list[dict], set_rows: list[dict], fits: list[dict], path: Path
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
 
     ax = axes[0, 0]
-    for mode, group in _groups([r for r in base if r["routing"] == "uniform"], ("mode",)).items():
-        ax.plot(*_xy(group, "layer_ms"), styles[mode[0]], marker="o", label=mode[0])
+    for key, group in _groups([r for r in base if r["routing"] == "uniform"], ("mode",)).items():
+        ax.plot(*_xy(group, "layer_ms"), styles[key[0]], marker="o", label=key[0])
     ax.set(xscale="log", yscale="log", xlabel="tokens per rank T", ylabel="ms")
     ax.set_title("(a) layer time, uniform routing (EP: linear placement)")
     ax.legend(fontsize=7)
@@ -471,8 +471,8 @@ def plot(results: list[dict], set_rows: list[dict], fits: list[dict], path: Path
     ax.legend(fontsize=6)
 
     ax = axes[1, 2]
-    for mode, group in _groups([r for r in base if r["routing"] == "uniform"], ("mode",)).items():
-        ax.plot(*_xy(group, "bytes_rank_max"), styles[mode[0]], marker="o", label=mode[0])
+    for key, group in _groups([r for r in base if r["routing"] == "uniform"], ("mode",)).items():
+        ax.plot(*_xy(group, "bytes_rank_max"), styles[key[0]], marker="o", label=key[0])
     ax.set(xscale="log", yscale="log", xlabel="tokens per rank T", ylabel="bytes")
     ax.set_title("(f) bytes sent by the busiest rank, uniform routing")
     ax.legend(fontsize=7)
