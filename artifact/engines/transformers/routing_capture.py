@@ -21,10 +21,15 @@ import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+    from torch.utils.hooks import RemovableHandle
 
 _layout_local = threading.local()
 _probe_installed = False
@@ -65,11 +70,12 @@ def install_batch_layout_probe() -> None:
         _publish_layout(requests_in_batch)  # before the call: it advances position_offset
         return original(self, requests_in_batch, *args, **kwargs)
 
-    ContinuousBatchingIOs.prepare_batch_tensors = prepare_batch_tensors
+    # the deliberate runtime wrap the module docstring describes
+    ContinuousBatchingIOs.prepare_batch_tensors = prepare_batch_tensors  # type: ignore[method-assign]
     _probe_installed = True
 
 
-def find_routers(model) -> list[tuple[str, object]]:
+def find_routers(model: Module) -> list[tuple[str, Module]]:
     """(name, module) of every top-k router, in layer order."""
     routers = []
     for name, module in model.named_modules():
@@ -101,7 +107,7 @@ class RoutingRecorder:
         self._writer: RoutingWriter | None = None
         self._rows: list = []
         self._layout: PassLayout | None = None
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         self.step = 0
         self.skipped_passes = 0
         self.tokens_recorded = {"prefill": 0, "decode": 0}

@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from artifact.config.profiles import ModelSpec
 from artifact.core.errors import ArtifactError
@@ -76,9 +77,9 @@ def build_model(spec: ModelSpec, target: Path, device: str = "cpu") -> dict[str,
     target = Path(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        config = MixtralConfig(
-            **spec.architecture, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False
-        )
+        # any MixtralConfig fields, so no one type per keyword: MixtralConfig checks them
+        fields: dict[str, Any] = dict(spec.architecture)
+        config = MixtralConfig(**fields, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         torch.manual_seed(spec.seed)
         dtype = getattr(torch, spec.dtype)
         with torch.device(device):

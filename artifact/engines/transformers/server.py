@@ -40,6 +40,7 @@ import threading
 import time
 from importlib import metadata
 
+from artifact.core.errors import ArtifactError
 from artifact.engines.transformers.attention import sdpa_kernels, use_shape_independent_attention
 
 # The study's knobs -> transformers' continuous-batching config (documented in README).
@@ -79,8 +80,9 @@ def install_tolerant_decode_stream() -> None:
         def __init__(self, ids=None, skip_special_tokens: bool = False):
             self._ids = list(ids or [])
             self._skip = skip_special_tokens
-            self._stream = native(self._ids, skip_special_tokens=skip_special_tokens)
-            self._text = None  # decoded text so far, once the native stream has failed
+            self._stream: tokenizers.decoders.DecodeStream | None = native(
+                self._ids, skip_special_tokens=skip_special_tokens
+            )
             self._emitted = ""
 
         def step(self, tokenizer, token_id: int) -> str | None:
@@ -101,7 +103,8 @@ def install_tolerant_decode_stream() -> None:
             self._emitted = text if len(text) > len(self._emitted) else self._emitted
             return piece or None
 
-    tokenizers.decoders.DecodeStream = TolerantDecodeStream
+    # the deliberate runtime swap the module docstring describes
+    tokenizers.decoders.DecodeStream = TolerantDecodeStream  # type: ignore[misc, assignment]
 
 
 def grouped_mm_path(model) -> str:
@@ -175,7 +178,7 @@ def live_provenance(serve, model, recorder, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-    from fastapi import Body
+    from fastapi import Body, FastAPI
 
     from artifact.engines.transformers.routing_capture import (
         RoutingRecorder,
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     # The HTTP server is up, but nothing is sent to it before /artifact/provenance answers,
     # which is registered only after the settings below are in place.
     cb_config = serve._generation_state._cb_config
+    if cb_config is None:  # Serve builds one from the cb_* arguments given above
+        raise ArtifactError("transformers' Serve made no continuous-batching config")
     cb_config.max_requests_per_batch = args.max_num_seqs
     cb_config.allow_block_sharing = False
     cb_config.use_async_batching = False
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     recorder.attach()
 
     app = serve.server.config.app
+    if not isinstance(app, FastAPI):
+        raise ArtifactError(f"transformers' Serve runs {type(app).__name__}, not a FastAPI app")
 
     def provenance() -> dict:
         return live_provenance(serve, model, recorder, args)
