@@ -4,6 +4,9 @@
     moe-artifact reproduce [--profile P] [--run-dir D] [--force] every stage in order
     moe-artifact <tool> ...                                      predict, metrics, ...
 
+Every command is a `Command` in COMMANDS. Only the chosen command's module is imported, and
+only then are its options added, so `moe-artifact --help` loads no stage or tool.
+
 Errors caused by input or configuration print one line and exit 2; a failed claim check
 exits 1.
 """
@@ -11,41 +14,23 @@ exits 1.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-from rich.markup import escape
+from typing import Protocol
 
 from artifact import __version__
-from artifact.config.profiles import default_profile_name, load_profile
-from artifact.core.console import console
-from artifact.core.errors import ArtifactError
-from artifact.core.manifest import RunDir
-from artifact.core.runner import GPU_STAGES, PIPELINE, StageContext, run_stage
-from artifact.stages import load_stage
-
-# Standalone tools: command name -> module with configure_parser(parser) and run_tool(args).
-TOOLS = {
-    "predict": "artifact.workload.predictor",
-    "metrics": "artifact.serving.metrics",
-    "bench-client": "artifact.serving.client",
-    "imbalance-metrics": "artifact.routing.tool",
-    "nsys-summary": "artifact.profiling.nsys",
-    "provenance": "artifact.engines.vllm.provenance",
-    "kernel-loads": "artifact.gpu.kernels.loads",
-    "parallel-loads": "artifact.study.parallel_loads",
-}
+from artifact.core.runner import GPU_STAGES, PIPELINE, Stage, StageContext
 
 
-def _tool_module(module_name: str):
-    """The tool's module, or None while it does not exist in this build."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
+class Command(Protocol):
+    name: str
+    help: str
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
 
 
 def _common_stage_options(parser: argparse.ArgumentParser) -> None:
@@ -63,36 +48,10 @@ def _common_stage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="moe-artifact",
-        description="Reproducible artifact for the MoE inference performance study.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in PIPELINE + GPU_STAGES:
-        stage = load_stage(name)
-        if stage is None:
-            continue
-        kind = "GPU stage" if name in GPU_STAGES else "stage"
-        p = sub.add_parser(name, help=f"{kind}: {stage.description}", description=stage.description)
-        _common_stage_options(p)
-        stage.configure_parser(p)
-        p.set_defaults(handler=_run_one_stage, stage_name=name)
-    p = sub.add_parser("reproduce", help="run every stage in order (skipping up-to-date ones)")
-    _common_stage_options(p)
-    p.set_defaults(handler=_run_pipeline)
-    for name, module_name in TOOLS.items():
-        module = _tool_module(module_name)
-        if module is None:
-            continue
-        p = sub.add_parser(name, help=module.TOOL_HELP, description=module.TOOL_HELP)
-        module.configure_parser(p)
-        p.set_defaults(handler=module.run_tool)
-    return parser
-
-
 def _context(args: argparse.Namespace) -> StageContext:
+    from artifact.config.profiles import default_profile_name, load_profile
+    from artifact.core.manifest import RunDir
+
     profile = load_profile(args.profile or default_profile_name())
     run_dir = RunDir(args.run_dir or Path("runs") / profile.name)
     return StageContext(profile=profile, run_dir=run_dir, force=args.force, args=args)
@@ -107,9 +66,10 @@ def _exit_code(ctx: StageContext, names: list[str]) -> int:
     return code
 
 
-def _run_one_stage(args: argparse.Namespace) -> int:
-    stage = load_stage(args.stage_name)
-    assert stage is not None
+def _run_one_stage(stage: Stage, args: argparse.Namespace) -> int:
+    from artifact.core.console import console
+    from artifact.core.runner import run_stage
+
     # A stage may run others first or swap in a variant (plots/check --from-study); its
     # plan may also set defaults for --profile and --run-dir before they are resolved.
     stages = stage.plan(args) if hasattr(stage, "plan") else [stage]
@@ -124,40 +84,316 @@ def _run_one_stage(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_pipeline(args: argparse.Namespace) -> int:
-    ctx = _context(args)
-    missing = [name for name in PIPELINE if load_stage(name) is None]
-    if missing:
-        console.print(f"[yellow]not built yet[/] (skipped): {', '.join(missing)}")
-    for name in PIPELINE:
-        stage = load_stage(name)
-        if stage is None:
-            continue
-        # Stage-specific options keep their defaults when the whole pipeline runs.
-        stage_parser = argparse.ArgumentParser(add_help=False)
-        stage.configure_parser(stage_parser)
-        stage_args = stage_parser.parse_args([])
-        for key, value in vars(args).items():
-            setattr(stage_args, key, value)
-        ctx.args = stage_args
-        run_stage(stage, ctx)
-    code = _exit_code(ctx, list(PIPELINE))
-    if code:
-        console.print(
-            f"[bold red]reproduce[/]: every built stage ran in {ctx.run_dir.path}, "
-            f"but a stage reported failure (exit code {code}; check: a claim FAILed)"
+@dataclass
+class StageCommand:
+    """A pipeline stage (or a GPU stage); `load` imports its module and returns its STAGE."""
+
+    name: str
+    help: str
+    load: Callable[[], Stage]
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        _common_stage_options(parser)
+        self.load().configure_parser(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _run_one_stage(self.load(), args)
+
+
+class Tool(Protocol):
+    """What a tool's module provides."""
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run_tool(self, args: argparse.Namespace) -> int: ...
+
+
+@dataclass
+class ToolCommand:
+    """A standalone tool; `load` imports its module."""
+
+    name: str
+    help: str
+    load: Callable[[], Tool]
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        self.load().configure_parser(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return int(self.load().run_tool(args) or 0)
+
+
+class ReproduceCommand:
+    name = "reproduce"
+    help = "run every stage in order (skipping up-to-date ones)"
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        _common_stage_options(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from artifact.core.console import console
+        from artifact.core.runner import run_stage
+
+        ctx = _context(args)
+        for name in PIPELINE:
+            stage = STAGES[name].load()
+            # Stage-specific options keep their defaults when the whole pipeline runs.
+            stage_parser = argparse.ArgumentParser(add_help=False)
+            stage.configure_parser(stage_parser)
+            stage_args = stage_parser.parse_args([])
+            for key, value in vars(args).items():
+                setattr(stage_args, key, value)
+            ctx.args = stage_args
+            run_stage(stage, ctx)
+        code = _exit_code(ctx, list(PIPELINE))
+        if code:
+            console.print(
+                f"[bold red]reproduce[/]: every stage ran in {ctx.run_dir.path}, "
+                f"but a stage reported failure (exit code {code}; check: a claim FAILed)"
+            )
+            return code
+        console.print(f"[bold green]reproduce[/]: every stage is complete in {ctx.run_dir.path}")
+        return 0
+
+
+# Each loader imports one module, when its command is chosen.
+
+
+def _install() -> Stage:
+    from artifact.stages.install import STAGE
+
+    return STAGE
+
+
+def _datasets() -> Stage:
+    from artifact.stages.datasets import STAGE
+
+    return STAGE
+
+
+def _serve() -> Stage:
+    from artifact.stages.serve import STAGE
+
+    return STAGE
+
+
+def _bench() -> Stage:
+    from artifact.stages.bench import STAGE
+
+    return STAGE
+
+
+def _imbalance() -> Stage:
+    from artifact.stages.imbalance import STAGE
+
+    return STAGE
+
+
+def _check() -> Stage:
+    from artifact.stages.check import STAGE
+
+    return STAGE
+
+
+def _plots() -> Stage:
+    from artifact.stages.plots import STAGE
+
+    return STAGE
+
+
+def _kernels() -> Stage:
+    from artifact.stages.kernels import STAGE
+
+    return STAGE
+
+
+def _parallel() -> Stage:
+    from artifact.stages.parallel import STAGE
+
+    return STAGE
+
+
+def _predictor() -> Tool:
+    from artifact.workload import predictor
+
+    return predictor
+
+
+def _metrics() -> Tool:
+    from artifact.serving import metrics
+
+    return metrics
+
+
+def _bench_client() -> Tool:
+    from artifact.serving import client
+
+    return client
+
+
+def _routing_tool() -> Tool:
+    from artifact.routing import tool
+
+    return tool
+
+
+def _nsys() -> Tool:
+    from artifact.profiling import nsys
+
+    return nsys
+
+
+def _provenance() -> Tool:
+    from artifact.engines.vllm import provenance
+
+    return provenance
+
+
+def _kernel_loads() -> Tool:
+    from artifact.gpu.kernels import loads
+
+    return loads
+
+
+def _parallel_loads() -> Tool:
+    from artifact.study import parallel_loads
+
+    return parallel_loads
+
+
+STAGES: dict[str, StageCommand] = {
+    c.name: c
+    for c in (
+        StageCommand(
+            "install",
+            "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)",
+            _install,
+        ),
+        StageCommand(
+            "datasets",
+            "generate the workload datasets and their predicted imbalance scores",
+            _datasets,
+        ),
+        StageCommand(
+            "serve", "start each mode's server once, check health and record its provenance", _serve
+        ),
+        StageCommand(
+            "bench",
+            "run the experiments (sweep, EPLB ablation, imbalance), capturing routing",
+            _bench,
+        ),
+        StageCommand(
+            "imbalance",
+            "routing logs -> imbalance measures and their correlation with performance",
+            _imbalance,
+        ),
+        StageCommand(
+            "check",
+            "judge every claim against the expected results (exit 1 when one FAILs)",
+            _check,
+        ),
+        StageCommand(
+            "plots", "regenerate every figure and table, and report.md / report.html", _plots
+        ),
+        StageCommand(
+            "kernels", "MoE layer kernel microbenchmarks under real routing (one GPU)", _kernels
+        ),
+        StageCommand(
+            "parallel", "MoE layer TP vs EP over NCCL on this machine's GPUs (torchrun)", _parallel
+        ),
+    )
+}
+
+TOOLS: tuple[ToolCommand, ...] = (
+    ToolCommand(
+        "predict",
+        "predicted expert-load imbalance score of dataset files (JSONL with 'text')",
+        _predictor,
+    ),
+    ToolCommand(
+        "metrics",
+        "metrics of benchmark traces (ours or the original study's); --verify result files",
+        _metrics,
+    ),
+    ToolCommand(
+        "bench-client",
+        "benchmark an OpenAI-compatible server with a JSONL dataset (vLLM-format results)",
+        _bench_client,
+    ),
+    ToolCommand(
+        "imbalance-metrics",
+        "expert-load imbalance of moe-routing logs or the study's gate logs: per-layer measures, "
+        "EP rank load, the study's legacy methods",
+        _routing_tool,
+    ),
+    ToolCommand(
+        "nsys-summary",
+        "summarize nsys CUDA GPU kernel summary CSVs (MoE, NCCL, attention); compare two runs",
+        _nsys,
+    ),
+    ToolCommand(
+        "provenance",
+        "read a vLLM server log: version, parallel sizes, all2all, MoE kernel, EPLB",
+        _provenance,
+    ),
+    ToolCommand(
+        "kernel-loads",
+        "extract per-step expert loads from routing logs or the study's gate logs into a small "
+        "moe-expert-loads file for the kernels stage's replay (e.g. to carry to a GPU machine)",
+        _kernel_loads,
+    ),
+    ToolCommand(
+        "parallel-loads",
+        "derive the parallel stage's replay sources (study-steps, study-layers) from the original "
+        "study's gate logs into a small moe-expert-loads file",
+        _parallel_loads,
+    ),
+)
+
+COMMANDS: tuple[Command, ...] = (
+    *(STAGES[name] for name in PIPELINE + GPU_STAGES),
+    ReproduceCommand(),
+    *TOOLS,
+)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the options of the command that `argv` names (if any)."""
+    parser = argparse.ArgumentParser(
+        prog="moe-artifact",
+        description="Reproducible artifact for the MoE inference performance study.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Top-level options take no value, so the first other word is the command.
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for command in COMMANDS:
+        kind = (
+            "GPU stage: "
+            if command.name in GPU_STAGES
+            else "stage: "
+            if command.name in PIPELINE
+            else ""
         )
-        return code
-    console.print(f"[bold green]reproduce[/]: every built stage is complete in {ctx.run_dir.path}")
-    return 0
+        p = sub.add_parser(command.name, help=kind + command.help, description=command.help)
+        if command.name == chosen:
+            command.configure_parser(p)
+            p.set_defaults(handler=command.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from rich.markup import escape
+
+    from artifact.core.console import console
+    from artifact.core.errors import ArtifactError
+
     try:
         return int(args.handler(args) or 0)
     except ArtifactError as exc:

@@ -441,9 +441,6 @@ def export_kernel_summary(report: Path, csv_path: Path) -> str:
     raise StageFailed(f"{report}: `nsys stats` made no kernel summary ({'; '.join(failures)})")
 
 
-TOOL_HELP = "summarize nsys CUDA GPU kernel summary CSVs (MoE, NCCL, attention); compare two runs"
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", type=Path, metavar="CSV", help="one run, or two to compare (A B)"

@@ -14,11 +14,6 @@ from artifact.routing.legacy import compare_default_vs_legacy
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import PerStepCsv, write_run_tables
 
-TOOL_HELP = (
-    "expert-load imbalance of moe-routing logs or the study's gate logs: per-layer measures, "
-    "EP rank load, the study's legacy methods"
-)
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

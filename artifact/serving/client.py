@@ -823,8 +823,6 @@ async def run_repetitions(
 
 # --- CLI: moe-artifact bench-client -----------------------------------------------------------
 
-TOOL_HELP = "benchmark an OpenAI-compatible server with a JSONL dataset (vLLM-format results)"
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")

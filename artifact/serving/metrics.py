@@ -640,8 +640,6 @@ def write_csv(rows: list[dict[str, Any]]) -> str:
 
 # --- CLI tool: moe-artifact metrics -----------------------------------------------------------
 
-TOOL_HELP = "metrics of benchmark traces (ours or the original study's); --verify result files"
-
 
 def _metric_name(text: str) -> str:
     for name in METRIC_NAMES:

@@ -31,11 +31,6 @@ from artifact.core.errors import ArtifactError
 from artifact.gpu.kernels.loads import LoadSource, read_sources, write_loads_file
 from artifact.stages.kernels import STUDY_ENV, STUDY_GATE_LOGS
 
-TOOL_HELP = (
-    "derive the parallel stage's replay sources (study-steps, study-layers) from the original "
-    "study's gate logs into a small moe-expert-loads file"
-)
-
 
 def pooled_by_layer(source: LoadSource, name: str) -> LoadSource:
     """One row per layer: its loads and tokens summed over every row of `source`."""

@@ -166,8 +166,6 @@ class ImbalancePredictor:
 
 # --- CLI tool: moe-artifact predict -----------------------------------------------------------
 
-TOOL_HELP = "predicted expert-load imbalance score of dataset files (JSONL with 'text')"
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")

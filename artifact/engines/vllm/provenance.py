@@ -41,8 +41,6 @@ import yaml
 
 from artifact.core.errors import ArtifactError
 
-TOOL_HELP = "read a vLLM server log: version, parallel sizes, all2all, MoE kernel, EPLB"
-
 # --- what vLLM prints ---------------------------------------------------------------------
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

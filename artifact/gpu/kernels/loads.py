@@ -30,10 +30,6 @@ from artifact.routing.readers import find_gate_log_runs, read_gate_log_run, rout
 
 FORMAT = "moe-expert-loads"
 VERSION = 1
-TOOL_HELP = (
-    "extract per-step expert loads from routing logs or the study's gate logs into a small "
-    "moe-expert-loads file for the kernels stage's replay (e.g. to carry to a GPU machine)"
-)
 
 
 @dataclass
