@@ -1,0 +1,99 @@
+"""The layout's rules, checked on the source: what may sit at artifact/ root, who may import
+the stages, no private names across modules, and a `--help` that loads no heavy library."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "artifact"
+ROOT_MODULES = {"__init__", "__main__", "cli"}
+HEAVY = {"scipy", "torch", "sklearn", "matplotlib", "pandas"}
+
+
+def _modules(package: Path) -> dict[str, tuple[Path, ast.Module]]:
+    """Every module under `package` by dotted name, with its path and syntax tree."""
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, ast.parse(path.read_text(), filename=str(path)))
+    return modules
+
+
+def _imports(tree: ast.Module) -> list[tuple[int, str, str | None]]:
+    """(line, module, name) of every import of ours; name is None for `import module`."""
+    found: list[tuple[int, str, str | None]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, node.module, a.name) for a in node.names]
+    return [
+        (line, module, name) for line, module, name in found if module.split(".")[0] == "artifact"
+    ]
+
+
+def _violations(package: Path) -> list[str]:
+    problems = [
+        f"artifact/{path.name}: a module at artifact/ root (only {sorted(ROOT_MODULES)})"
+        for path in sorted(package.glob("*.py"))
+        if path.stem not in ROOT_MODULES
+    ]
+    for module, (_, tree) in _modules(package).items():
+        may_import_stages = module == "artifact.cli" or module.startswith("artifact.stages")
+        for line, target, name in _imports(tree):
+            full = f"{target}.{name}" if name else target
+            if not may_import_stages and (full + ".").startswith("artifact.stages."):
+                problems.append(f"{module}:{line}: imports {full} (only stages and cli may)")
+            if name and name.startswith("_") and not name.startswith("__") and target != module:
+                problems.append(f"{module}:{line}: imports private name {name} from {target}")
+    return problems
+
+
+def test_layout_and_imports():
+    problems = _violations(PACKAGE)
+    assert not problems, "\n".join(problems)
+
+
+def test_rules_catch_planted_violations(tmp_path):
+    pkg = tmp_path / "artifact"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "core").mkdir()
+    for init in (pkg, pkg / "stages", pkg / "core"):
+        (init / "__init__.py").write_text("from artifact import __version__\n")
+    (pkg / "cli.py").write_text("from artifact.stages import b\n")
+    (pkg / "helpers.py").write_text("")
+    (pkg / "core" / "a.py").write_text("from artifact import stages\nfrom artifact.x import _y\n")
+    (pkg / "stages" / "b.py").write_text("import artifact.stages.c\n")
+    assert sorted(_violations(pkg)) == [
+        "artifact.core.a:1: imports artifact.stages (only stages and cli may)",
+        "artifact.core.a:2: imports private name _y from artifact.x",
+        f"artifact/helpers.py: a module at artifact/ root (only {sorted(ROOT_MODULES)})",
+    ]
+
+
+SHOW_MODULES = (
+    "import runpy, sys\n"
+    "sys.argv = ['moe-artifact', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('artifact', run_name='__main__')\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"]])
+def test_help_loads_no_heavy_library(argv):
+    result = subprocess.run(
+        [sys.executable, "-c", SHOW_MODULES, *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert "usage: moe-artifact" in result.stdout, result.stderr
+    loaded = {name.split(".")[0] for name in result.stderr.split()}
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
