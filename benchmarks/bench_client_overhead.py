@@ -41,13 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from artifact.serving.client import (
-    BenchConfig,
-    PromptSpec,
-    new_session,
-    overhead_summary,
-    run_benchmark,
-)
+from artifact.serving.config import BenchConfig, PromptSpec
+from artifact.serving.result_file import overhead_summary
+from artifact.serving.run import new_session, run_benchmark
 
 
 def serve(port: int, ttft_ms: float, itl_ms: float) -> None:

@@ -221,7 +221,7 @@ def _merge(trace: Trace, source: str, values: dict[str, Any]) -> None:
 
 
 def _merge_server_info(trace: Trace, results: list[tuple[Path, dict]]) -> None:
-    from artifact.serving.client import SERVER_INFO_KEYS
+    from artifact.serving.result_file import SERVER_INFO_KEYS
 
     for _, data in results:
         server = data.get("server") or {}

@@ -43,16 +43,11 @@ from artifact.core.io import atomic_write_json, read_json
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.engines.base import ServerLimits, get_engine, log_tail
 from artifact.routing.format import layer_totals
-from artifact.serving.client import (
-    BenchConfig,
-    ServerCapabilities,
-    load_prompts,
-    new_session,
-    probe_server,
-    result_filename,
-    run_benchmark,
-    write_result,
-)
+from artifact.serving.config import BenchConfig, load_prompts
+from artifact.serving.probe import probe_server
+from artifact.serving.request import ServerCapabilities
+from artifact.serving.result_file import result_filename, write_result
+from artifact.serving.run import new_session, run_benchmark
 from artifact.stages.datasets import EPLB_PROMPTS, SWEEP_PROMPTS
 from artifact.stages.install import installed_model_dir
 from artifact.stages.serve import check_provenance

@@ -12,17 +12,11 @@ import pytest
 from aiohttp import web
 
 from artifact.core.errors import ArtifactError
-from artifact.serving.client import (
-    BenchConfig,
-    PromptSpec,
-    arrival_offsets,
-    load_prompts,
-    result_to_vllm_json,
-    run_benchmark,
-    run_repetitions,
-    write_result,
-)
+from artifact.serving.arrivals import arrival_offsets
+from artifact.serving.config import BenchConfig, PromptSpec, load_prompts
+from artifact.serving.result_file import result_to_vllm_json, write_result
 from artifact.serving.results import load_result, summarize, verify_result, verify_result_file
+from artifact.serving.run import run_benchmark, run_repetitions
 
 
 @dataclass

@@ -14,15 +14,10 @@ import pytest
 
 from artifact.cli import main
 from artifact.routing.format import RoutingHeader, RoutingWriter
-from artifact.serving.client import (
-    BenchConfig,
-    BenchResult,
-    PromptSpec,
-    RequestRecord,
-    ServerCapabilities,
-    write_result,
-)
+from artifact.serving.config import BenchConfig, PromptSpec
 from artifact.serving.metrics import find_traces, open_trace, parse_trace_name, trace_report
+from artifact.serving.request import RequestRecord, ServerCapabilities
+from artifact.serving.result_file import BenchResult, write_result
 from artifact.serving.results import summarize
 
 ORIGINAL = "Mixtral8x7B-vllmEP4-Perlmutter[defaultall2all_32_8192_eplbon]-group12"
