@@ -147,7 +147,10 @@ def measure(
     if not fake:
         return row
     text_of = {p.id: p.text for p in prompts}
-    shares, client_shares, dispatch, lags = [], [], [], []
+    shares: list[float] = []
+    client_shares: list[float] = []
+    dispatch: list[float] = []
+    lags: list[float] = []
     for rec in ok:
         stamps = [tuple(map(float, s.split(","))) for s in rec.text.split(";") if s]
         t_recv, first_send = stamps[0]

@@ -128,12 +128,13 @@ def main() -> None:
         return
     mix = "small-batches" if args.small_batches else "vllm-mix"
     args.dir.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, numpy "
         f"{np.__version__}",
         "mix": mix,
-        "runs": [],
+        "runs": runs,
     }
     for scale in (1, 10):
         path = args.dir / f"{mix}-{scale}x.routing"
@@ -157,7 +158,7 @@ def main() -> None:
                 events_per_s=m["events"] / m["seconds"],
                 records_per_s=m["records"] / m["seconds"],
             )
-            results["runs"].append(m)
+            runs.append(m)
             print(
                 f"{scale:>2}x  per-step CSV {'on ' if per_step else 'off'}  "
                 f"{m['events']:.3g} events, {m['records']:,} records "
