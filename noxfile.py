@@ -1,4 +1,4 @@
-"""Nox sessions: one per pipeline stage, `reproduce` (all of them), `tests` and `lint`.
+"""Nox sessions: one per pipeline stage, `reproduce` (all of them), `tests`, `lint` and `typecheck`.
 
 Every session is a thin wrapper over `python -m artifact`; arguments after `--` go to the CLI,
 e.g. `nox -s bench -- --profile local --force`. All stage sessions share one environment
@@ -19,8 +19,6 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
-
 nox.options.sessions = ["reproduce"]
 nox.options.reuse_venv = "yes"
 
@@ -74,10 +72,6 @@ def _extras(posargs: list[str]) -> str:
     return "hpc,test,lint" if _profile(posargs) == "perlmutter" else "local,test,lint"
 
 
-def _stage_exists(name: str) -> bool:
-    return (ROOT / "artifact" / "stages" / f"{name}.py").exists()
-
-
 def _run_cli(session: nox.Session, *command: str) -> None:
     python = _python(session, _extras(session.posargs))
     session.run(python, "-m", "artifact", *command, *session.posargs, external=True)
@@ -86,8 +80,6 @@ def _run_cli(session: nox.Session, *command: str) -> None:
 def _stage_session(name: str, doc: str):
     @nox.session(name=name, venv_backend="none", default=False)
     def stage(session: nox.Session) -> None:
-        if not _stage_exists(name):
-            session.skip(f"stage '{name}' is not built yet")
         _run_cli(session, name)
 
     stage.__doc__ = doc
@@ -109,8 +101,8 @@ bench = _stage_session(
 imbalance = _stage_session(
     "imbalance", "Turn routing logs into imbalance metrics and correlate them with performance."
 )
-plots = _stage_session("plots", "Regenerate every figure and table, and report.md/report.html.")
 check = _stage_session("check", "Judge every claim against the expected results (exit 1 on FAIL).")
+plots = _stage_session("plots", "Regenerate every figure and table, and report.md/report.html.")
 
 
 @nox.session(venv_backend="none")
@@ -132,6 +124,13 @@ def lint(session: nox.Session) -> None:
     python = _python(session, "local,test,lint")
     session.run(python, "-m", "ruff", "check", ".", external=True)
     session.run(python, "-m", "ruff", "format", "--check", ".", external=True)
+
+
+@nox.session(venv_backend="none", default=False)
+def typecheck(session: nox.Session) -> None:
+    """Run mypy over the package, benchmarks, containers and noxfile (config in pyproject.toml)."""
+    python = _python(session, "local,test,lint")
+    session.run(python, "-m", "mypy", external=True)
 
 
 @nox.session(name="container-smoke", venv_backend="none", default=False)
