@@ -123,6 +123,32 @@ class ToolCommand:
         return int(self.load().run_tool(args) or 0)
 
 
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from artifact.core.console import console
+    from artifact.core.runner import run_stage
+
+    ctx = _context(args)
+    for name in PIPELINE:
+        stage = STAGES[name].load()
+        # Stage-specific options keep their defaults when the whole pipeline runs.
+        stage_parser = argparse.ArgumentParser(add_help=False)
+        stage.configure_parser(stage_parser)
+        stage_args = stage_parser.parse_args([])
+        for key, value in vars(args).items():
+            setattr(stage_args, key, value)
+        ctx.args = stage_args
+        run_stage(stage, ctx)
+    code = _exit_code(ctx, list(PIPELINE))
+    if code:
+        console.print(
+            f"[bold red]reproduce[/]: every stage ran in {ctx.run_dir.path}, "
+            f"but a stage reported failure (exit code {code}; check: a claim FAILed)"
+        )
+        return code
+    console.print(f"[bold green]reproduce[/]: every stage is complete in {ctx.run_dir.path}")
+    return 0
+
+
 class ReproduceCommand:
     name = "reproduce"
     help = "run every stage in order (skipping up-to-date ones)"
@@ -131,29 +157,7 @@ class ReproduceCommand:
         _common_stage_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from artifact.core.console import console
-        from artifact.core.runner import run_stage
-
-        ctx = _context(args)
-        for name in PIPELINE:
-            stage = STAGES[name].load()
-            # Stage-specific options keep their defaults when the whole pipeline runs.
-            stage_parser = argparse.ArgumentParser(add_help=False)
-            stage.configure_parser(stage_parser)
-            stage_args = stage_parser.parse_args([])
-            for key, value in vars(args).items():
-                setattr(stage_args, key, value)
-            ctx.args = stage_args
-            run_stage(stage, ctx)
-        code = _exit_code(ctx, list(PIPELINE))
-        if code:
-            console.print(
-                f"[bold red]reproduce[/]: every stage ran in {ctx.run_dir.path}, "
-                f"but a stage reported failure (exit code {code}; check: a claim FAILed)"
-            )
-            return code
-        console.print(f"[bold green]reproduce[/]: every stage is complete in {ctx.run_dir.path}")
-        return 0
+        return _run_pipeline(args)
 
 
 # Each loader imports one module, when its command is chosen.

@@ -26,14 +26,20 @@ def _modules(package: Path) -> dict[str, tuple[Path, ast.Module]]:
     return modules
 
 
-def _imports(tree: ast.Module) -> list[tuple[int, str, str | None]]:
-    """(line, module, name) of every import of ours; name is None for `import module`."""
+def _imports(module: str, path: Path, tree: ast.Module) -> list[tuple[int, str, str | None]]:
+    """(line, module, name) of every import of ours, relative ones resolved; name is None
+    for `import module`."""
+    package = module.split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     found: list[tuple[int, str, str | None]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name, None) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [(node.lineno, node.module, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            found += [(node.lineno, target, a.name) for a in node.names]
     return [
         (line, module, name) for line, module, name in found if module.split(".")[0] == "artifact"
     ]
@@ -45,9 +51,11 @@ def _violations(package: Path) -> list[str]:
         for path in sorted(package.glob("*.py"))
         if path.stem not in ROOT_MODULES
     ]
-    for module, (_, tree) in _modules(package).items():
-        may_import_stages = module == "artifact.cli" or module.startswith("artifact.stages")
-        for line, target, name in _imports(tree):
+    for module, (path, tree) in _modules(package).items():
+        may_import_stages = module == "artifact.cli" or (module + ".").startswith(
+            "artifact.stages."
+        )
+        for line, target, name in _imports(module, path, tree):
             full = f"{target}.{name}" if name else target
             if not may_import_stages and (full + ".").startswith("artifact.stages."):
                 problems.append(f"{module}:{line}: imports {full} (only stages and cli may)")
@@ -70,10 +78,14 @@ def test_rules_catch_planted_violations(tmp_path):
     (pkg / "cli.py").write_text("from artifact.stages import b\n")
     (pkg / "helpers.py").write_text("")
     (pkg / "core" / "a.py").write_text("from artifact import stages\nfrom artifact.x import _y\n")
-    (pkg / "stages" / "b.py").write_text("import artifact.stages.c\n")
+    (pkg / "core" / "c.py").write_text("from ..stages import b\nfrom . import a, _z\n")
+    (pkg / "stages" / "b.py").write_text("import artifact.stages.c\nfrom . import _d\n")
     assert sorted(_violations(pkg)) == [
         "artifact.core.a:1: imports artifact.stages (only stages and cli may)",
         "artifact.core.a:2: imports private name _y from artifact.x",
+        "artifact.core.c:1: imports artifact.stages.b (only stages and cli may)",
+        "artifact.core.c:2: imports private name _z from artifact.core",
+        "artifact.stages.b:2: imports private name _d from artifact.stages",
         f"artifact/helpers.py: a module at artifact/ root (only {sorted(ROOT_MODULES)})",
     ]
 
