@@ -1,9 +1,13 @@
 """The CLI: bad input stops with one line naming the file and line or field, no traceback."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
+
+from artifact.cli import COMMANDS, STAGES
+from artifact.core.runner import GPU_STAGES, PIPELINE
 
 
 def run_cli(*args, cwd=None):
@@ -47,3 +51,11 @@ def test_help_lists_stages_and_tools():
     assert result.returncode == 0
     for name in ("datasets", "reproduce", "predict"):
         assert name in result.stdout
+
+
+def test_every_command_loads_and_configures_its_parser():
+    assert set(STAGES) == set(PIPELINE + GPU_STAGES)
+    for name, command in STAGES.items():
+        assert command.load().name == name
+    for command in COMMANDS:
+        command.configure_parser(argparse.ArgumentParser())
