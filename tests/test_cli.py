@@ -55,7 +55,7 @@ def test_help_lists_stages_and_tools():
 
 def test_every_command_loads_and_configures_its_parser():
     assert set(STAGES) == set(PIPELINE + GPU_STAGES)
-    for name, command in STAGES.items():
-        assert command.load().name == name
+    for name, stage in STAGES.items():
+        assert stage.load().name == name
     for command in COMMANDS:
         command.configure_parser(argparse.ArgumentParser())
