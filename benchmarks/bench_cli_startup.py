@@ -41,7 +41,10 @@ def main() -> None:
         for _ in range(opts.runs):
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "artifact", *opts.args], capture_output=True, cwd=empty
+                [sys.executable, "-m", "artifact", *opts.args],
+                capture_output=True,
+                cwd=empty,
+                check=True,
             )
             times.append(time.perf_counter() - start)
         shown = subprocess.run(
@@ -49,6 +52,7 @@ def main() -> None:
             capture_output=True,
             text=True,
             cwd=empty,
+            check=True,
         )
     loaded = {name.split(".")[0] for name in shown.stderr.split()}
     heavy = [name for name in HEAVY if name in loaded]
