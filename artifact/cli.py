@@ -361,6 +361,15 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+def _listed(command: Command) -> str:
+    """The command's line in `moe-artifact --help`: stages say that they are."""
+    if command.name in GPU_STAGES:
+        return f"GPU stage: {command.help}"
+    if command.name in PIPELINE:
+        return f"stage: {command.help}"
+    return command.help
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with the options of the command that `argv` names (if any)."""
     parser = argparse.ArgumentParser(
@@ -372,14 +381,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     # Top-level options take no value, so the first other word is the command.
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     for command in COMMANDS:
-        kind = (
-            "GPU stage: "
-            if command.name in GPU_STAGES
-            else "stage: "
-            if command.name in PIPELINE
-            else ""
-        )
-        p = sub.add_parser(command.name, help=kind + command.help, description=command.help)
+        p = sub.add_parser(command.name, help=_listed(command), description=command.help)
         if command.name == chosen:
             command.configure_parser(p)
             p.set_defaults(handler=command.run)
