@@ -35,7 +35,6 @@ import numpy as np
 from artifact.core.console import track
 from artifact.core.errors import ArtifactError
 from artifact.routing.format import DEFAULT_CHUNK_RECORDS, PHASES, RoutingLog
-from artifact.routing.legacy import LEGACY_MAX_TOKENS, legacy_cv
 from artifact.routing.measures import (
     METRICS,
     ExpertPlacement,
@@ -43,12 +42,9 @@ from artifact.routing.measures import (
     rank_loads,
     uniform_cv_floor,
 )
-from artifact.routing.readers import (
-    Skipped,
-    find_gate_log_runs,
-    read_gate_log_run,
-    routing_blocks,
-)
+from artifact.routing.readers import Skipped, routing_blocks
+from artifact.study.gate_logs import find_gate_log_runs, read_gate_log_run
+from artifact.study.legacy import LEGACY_MAX_TOKENS, legacy_cv
 
 VIEWS = ("layer_total", "per_step", "per_step_token_weighted")
 PHASE_ALL = "all"

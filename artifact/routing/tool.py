@@ -10,9 +10,9 @@ from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.routing.aggregate import RunImbalance, analyze_path
 from artifact.routing.format import DEFAULT_CHUNK_RECORDS
-from artifact.routing.legacy import compare_default_vs_legacy
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import PerStepCsv, write_run_tables
+from artifact.study.legacy import compare_default_vs_legacy
 
 TOOL_HELP = (
     "expert-load imbalance of moe-routing logs or the study's gate logs: per-layer measures, "

@@ -35,7 +35,6 @@ import numpy as np
 from rich.text import Text
 
 from artifact.core.errors import ArtifactError
-from artifact.core.io import read_json
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
     estimate_e2els,
@@ -473,30 +472,11 @@ def _routing_counts(paths: list[Path]) -> tuple[np.ndarray, str, dict]:
 
 
 def _gate_counts(directory: Path) -> tuple[np.ndarray, str, dict]:
-    files = {}
-    for path in directory.glob("gate_logs_*.json"):
-        suffix = path.stem.rsplit("_", 1)[1]
-        if suffix.isdigit():
-            files[int(suffix)] = path
-    rows, steps = [], 0
-    for layer in sorted(files):
-        data = read_json(files[layer])
-        loads = data.get("expert_loads") if isinstance(data, dict) else None
-        if (
-            not isinstance(loads, list)
-            or not loads
-            or not all(isinstance(r, list) and len(r) == len(loads[0]) for r in loads)
-        ):
-            raise ArtifactError(
-                "'expert_loads' is not a list of equal-length rows",
-                path=files[layer],
-                where="field 'expert_loads'",
-            )
-        rows.append(np.asarray(loads, dtype=np.float64).sum(axis=0))
-        steps = max(steps, len(loads))
-    if sorted(files) != list(range(len(files))):
-        raise ArtifactError(f"gate logs skip layers (have {sorted(files)})", path=directory)
-    return np.vstack(rows), "gate_logs", {"steps": steps}
+    from artifact.study.gate_logs import read_gate_log_run
+
+    run = read_gate_log_run(directory)
+    counts = np.vstack([block["counts"].sum(axis=0) for block in run.blocks])
+    return counts, "gate_logs", {"steps": max(len(block) for block in run.blocks)}
 
 
 def trace_metric(

@@ -29,7 +29,7 @@ import numpy as np
 from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.gpu.kernels.loads import LoadSource, read_sources, write_loads_file
-from artifact.stages.kernels import STUDY_ENV, STUDY_GATE_LOGS
+from artifact.study import STUDY_ENV, STUDY_GATE_LOGS
 
 TOOL_HELP = (
     "derive the parallel stage's replay sources (study-steps, study-layers) from the original "

@@ -6,7 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from artifact.core.errors import ArtifactError
-from artifact.routing.legacy import legacy_cv
 from artifact.routing.measures import (
     ExpertPlacement,
     cv,
@@ -18,6 +17,7 @@ from artifact.routing.measures import (
     rank_max_mean,
     uniform_cv_floor,
 )
+from artifact.study.legacy import legacy_cv
 from artifact.workload.predictor import gini as predictor_gini
 
 loads_strategy = (

@@ -17,6 +17,8 @@ This module needs numpy only (no torch), so the CLI can import it anywhere.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, read_json
 from artifact.routing.format import RoutingLog
-from artifact.routing.readers import find_gate_log_runs, read_gate_log_run, routing_blocks
+from artifact.routing.readers import routing_blocks
+from artifact.study.gate_logs import find_gate_log_runs, read_gate_log_run
 
 FORMAT = "moe-expert-loads"
 VERSION = 1
@@ -134,6 +137,16 @@ def _gate_logs(name: str, path: Path, top_k: int) -> LoadSource:
         run = read_gate_log_run(run_dir)
         parts += [(run_dir.name, block) for block in run.blocks]
     return _from_blocks(name, path, top_k, parts)
+
+
+def fingerprint(path: Path) -> str:
+    """A replay source's identity for the stages' freshness check: names, sizes and mtimes of
+    the files under path (cheap; logs can be large)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [
+        (str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    ]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def read_loads_file(path: Path) -> list[LoadSource]:
