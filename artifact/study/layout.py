@@ -29,8 +29,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from artifact.checker.tables import hardware_id
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
@@ -40,16 +38,12 @@ from artifact.profiling.nsys import eplb_table
 from artifact.routing.aggregate import analyze_gate_log_run
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import csv_text, write_run_tables
-from artifact.serving.metrics import (
-    csv_row,
-    find_traces,
-    open_trace,
-    parse_trace_name,
-    trace_report,
-)
+from artifact.serving.metrics import csv_row, find_traces, open_trace, trace_report
 from artifact.serving.results import load_result
 from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
 from artifact.study.audit import log_provenance
+from artifact.study.cards import card_gpu_count, card_hardware, read_card
+from artifact.study.traces import parse_trace_name
 
 TRACE_MODES = {"baseline": "baseline", "defaultall2all": "all2all"}
 # load_imbalance/<prefix>_results_json and <prefix>_gates_logs -> mode
@@ -193,12 +187,10 @@ def sweep_tables(
     return runs, provenance, hardware, flags
 
 
-def _card_hardware(card: Path) -> str | None:
-    raw = yaml.safe_load(card.read_text(encoding="utf-8")) or {}
-    spec = ((raw.get("workload") or {}).get("hardware") or {}).get("xpu_spec") or {}
-    if not spec.get("model"):
-        return None
-    return hardware_id([str(spec["model"])], int(spec.get("total_count") or 1))
+def _card_hardware(path: Path) -> str | None:
+    card = read_card(path)
+    model = card_hardware(card)
+    return hardware_id([model], card_gpu_count(card)) if model else None
 
 
 def imbalance_tables(root: Path) -> tuple[list[dict], list, list[Skipped]]:

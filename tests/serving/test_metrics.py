@@ -22,8 +22,9 @@ from artifact.serving.client import (
     ServerCapabilities,
     write_result,
 )
-from artifact.serving.metrics import find_traces, open_trace, parse_trace_name, trace_report
+from artifact.serving.metrics import find_traces, open_trace, trace_report
 from artifact.serving.results import summarize
+from artifact.study.traces import parse_trace_name
 
 ORIGINAL = "Mixtral8x7B-vllmEP4-Perlmutter[defaultall2all_32_8192_eplbon]-group12"
 CARD = """\

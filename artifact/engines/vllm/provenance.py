@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from artifact.core.errors import ArtifactError
+from artifact.study.cards import card_description, card_hardware, read_card
+from artifact.study.traces import parse_trace_name, trace_dir_of_log, vllm_parallel
 
 TOOL_HELP = "read a vLLM server log: version, parallel sizes, all2all, MoE kernel, EPLB"
 
@@ -441,10 +441,6 @@ class Expectation:
         return asdict(self)
 
 
-STUDY_DIR = re.compile(
-    r"vllm(?P<engine>TP|EP)(?P<size>\d+)-[^\[]*\[(?P<mode>[A-Za-z0-9]+)_(?P<seqs>\d+)_"
-    r"(?P<tokens>\d+)(?:_(?P<eplb>eplbon|eplboff))?\]"
-)
 CARD_MODE_CLAIM = re.compile(r"(?P<family>Baseline|DefaultAll2All)\s*\((?P<claim>[^)]*)\)", re.I)
 
 
@@ -464,23 +460,6 @@ def family_of(prov: LogProvenance) -> str:
     return "baseline"
 
 
-def read_card(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError("workload card not found", path=path) from None
-    except yaml.YAMLError as exc:
-        raise ArtifactError(f"not valid YAML: {str(exc).splitlines()[0]}", path=path) from None
-    if not isinstance(data, dict):
-        raise ArtifactError("a workload card must be a YAML mapping", path=path)
-    return data
-
-
-def card_description(card: dict) -> str:
-    return " ".join(str(card.get("description", "")).split())
-
-
 def card_family_claims(card: dict) -> dict[str, tuple[str, str]]:
     """family -> (kernel, words) for cards naming kernels per mode, e.g. 'Baseline (Triton MoE)'."""
     claims = {}
@@ -492,12 +471,6 @@ def card_family_claims(card: dict) -> dict[str, tuple[str, str]]:
     return claims
 
 
-def card_hardware(card: dict) -> str | None:
-    xpu = (((card.get("workload") or {}).get("hardware") or {}).get("xpu_spec")) or {}
-    model = xpu.get("model")
-    return str(model) if model else None
-
-
 def expectation_from_study_dir(run_dir: Path) -> Expectation | None:
     """The mode a directory of the original study's trace collection claims to be.
 
@@ -505,21 +478,22 @@ def expectation_from_study_dir(run_dir: Path) -> Expectation | None:
     the workload card beside it may add a kernel claim ('Baseline (Triton MoE)') and the EPLB
     setting.
     """
-    match = STUDY_DIR.search(run_dir.name)
-    if not match:
+    named = parse_trace_name(run_dir.name)
+    parallel = vllm_parallel(named["engine"]) if named else None
+    if named is None or parallel is None:
         return None
-    size = int(match.group("size"))
-    expert = match.group("engine") == "EP"
+    expert, size = parallel
+    eplb = named["eplb"]
     exp = Expectation(
-        name=match.group("mode") + (f"_{match.group('eplb')}" if match.group("eplb") else ""),
+        name=named["mode"] + ("" if eplb is None else "_eplbon" if eplb else "_eplboff"),
         source=f"directory name {run_dir.name}",
         tensor_parallel_size=1 if expert else size,
         data_parallel_size=size if expert else 1,
         enable_expert_parallel=expert,
-        enable_eplb=match.group("eplb") == "eplbon",
+        enable_eplb=bool(eplb),
         all2all_backend="default" if expert else None,
-        max_num_seqs=int(match.group("seqs")),
-        max_num_batched_tokens=int(match.group("tokens")),
+        max_num_seqs=named["max_num_seqs"],
+        max_num_batched_tokens=named["max_num_batched_tokens"],
     )
     cards = sorted(run_dir.glob("*.yaml")) + sorted(run_dir.glob("*.yml"))
     if cards:
@@ -542,11 +516,6 @@ def expectation_from_study_dir(run_dir: Path) -> Expectation | None:
         if hw := card_hardware(card):
             exp.gpu_model = hw
     return exp
-
-
-def study_run_dir(log: Path) -> Path:
-    """`<run>/logs/x.log` -> `<run>`."""
-    return log.parent.parent if log.parent.name == "logs" else log.parent
 
 
 def expectation_from_mode(profile, mode_name: str, limits=None) -> Expectation:
@@ -768,8 +737,8 @@ def sweep_flags(runs: list[dict]) -> list[str]:
 
 
 def run_name(log: Path) -> str:
-    parent = study_run_dir(log)
-    return parent.name if parent != log.parent or STUDY_DIR.search(parent.name) else log.name
+    parent = trace_dir_of_log(log)
+    return parent.name if parent != log.parent or parse_trace_name(parent.name) else log.name
 
 
 def analyse(
@@ -790,7 +759,7 @@ def analyse(
         prov = parse_log(log)
         exp: Expectation | None = None
         if expect == "auto":
-            exp = expectation_from_study_dir(study_run_dir(log))
+            exp = expectation_from_study_dir(trace_dir_of_log(log))
             if exp is None:
                 raise ArtifactError(
                     "--expect auto needs the original study's layout "
