@@ -47,6 +47,7 @@ from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
 from artifact.engines.vllm.cli_surface import ENV, FLAGS
+from artifact.engines.vllm.plugin import CONTROL_ENV
 from artifact.engines.vllm.provenance import (
     FLASHINFER,
     LogProvenance,
@@ -57,7 +58,6 @@ from artifact.engines.vllm.provenance import (
     parse_log,
 )
 
-CONTROL_ENV = "MOE_ARTIFACT_ROUTING_CONTROL"
 ALL2ALL_BACKENDS = {
     "2f13319f": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
     "0.11.0": (
