@@ -34,7 +34,7 @@ import numpy as np
 
 from artifact.core.console import track
 from artifact.core.errors import ArtifactError
-from artifact.routing.format import DEFAULT_CHUNK_RECORDS, PHASES, RoutingLog
+from artifact.routing.format import DEFAULT_CHUNK_RECORDS, PHASES, RoutingLog, odd_header
 from artifact.routing.measures import (
     METRICS,
     ExpertPlacement,
@@ -387,19 +387,14 @@ def analyze_routing_log(
     paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     logs = [RoutingLog(p) for p in paths]
     first = logs[0].header
-    for log in logs[1:]:
-        h = log.header
-        if (h.num_experts, h.num_layers, h.top_k) != (
-            first.num_experts,
-            first.num_layers,
-            first.top_k,
-        ):
-            raise ArtifactError(
-                f"header (experts {h.num_experts}, layers {h.num_layers}, top_k {h.top_k}) "
-                f"differs from {logs[0].path}'s ({first.num_experts}, {first.num_layers}, "
-                f"{first.top_k}); one run's logs must come from one model",
-                path=log.path,
-            )
+    if odd := odd_header(logs, ("num_experts", "num_layers", "top_k")):
+        h = odd.header
+        raise ArtifactError(
+            f"header (experts {h.num_experts}, layers {h.num_layers}, top_k {h.top_k}) "
+            f"differs from {logs[0].path}'s ({first.num_experts}, {first.num_layers}, "
+            f"{first.top_k}); one run's logs must come from one model",
+            path=odd.path,
+        )
     ranks = num_ranks or (first.world_size if first.world_size > 1 else DEFAULT_EP_RANKS)
     acc = ImbalanceAccumulator(
         num_experts=first.num_experts,

@@ -211,6 +211,17 @@ def read_sources(spec: str, *, top_k: int = 2) -> list[LoadSource]:
     return [_gate_logs(name, path, top_k)]
 
 
+def save_sources(path: Path, sources: list[LoadSource]) -> None:
+    """Write the loads file and say what is in it."""
+    write_loads_file(path, sources)
+    for s in sources:
+        console.print(
+            f"{s.name}: {len(s)} rows, top-{s.top_k} of {s.num_experts} experts, "
+            f"tokens per row {int(s.num_tokens.min())}..{int(s.num_tokens.max())}"
+        )
+    console.print(f"wrote {path}")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources",
@@ -237,11 +248,5 @@ def run_tool(args: argparse.Namespace) -> int:
         raise ArtifactError(f"source names repeat ({', '.join(names)}); name them NAME=PATH")
     if args.max_rows is not None:
         sources = [s.subsample(args.max_rows, args.seed) for s in sources]
-    write_loads_file(args.out, sources)
-    for s in sources:
-        console.print(
-            f"{s.name}: {len(s)} steps, top-{s.top_k} of {s.num_experts} experts, "
-            f"tokens per step {int(s.num_tokens.min())}..{int(s.num_tokens.max())}"
-        )
-    console.print(f"wrote {args.out}")
+    save_sources(args.out, sources)
     return 0
