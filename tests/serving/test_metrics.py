@@ -374,20 +374,9 @@ def test_verify_original_format_explains_tpot(tmp_path, run_cli):
 def test_error_line_keeps_the_brackets_of_a_trace_name(tmp_path):
     """Trace names hold `[mode_seqs_tokens]`: the printed error must not eat it as markup."""
     trace = original_trace(tmp_path)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "artifact",
-            "metrics",
-            "--trace",
-            str(trace),
-            "--metric",
-            "token_to_expert_assignment",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    metric = ["--metric", "token_to_expert_assignment"]
+    command = [sys.executable, "-m", "artifact", "metrics", "--trace", str(trace), *metric]
+    result = subprocess.run(command, capture_output=True, text=True)
     one_line_error(result, str(trace), "no gate or routing logs")
 
 

@@ -465,22 +465,17 @@ class VllmEngine(Engine):
             if container:
                 cmd += ["--name", container]
             cmd += ["--shm-size", engine.shm_size or "16g"]
-            for path in paths:
-                cmd += ["-v", f"{path}:{path}"]
-            for mount in mounts:
-                cmd += ["-v", mount]
-            for name, value in sorted(env.items()):
-                cmd += ["-e", f"{name}={value}"]
+            bind, set_env = "-v", "-e"
+        else:
+            cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
+            bind, set_env = "--bind", "--env"
+        for mount in [f"{path}:{path}" for path in paths] + mounts:
+            cmd += [bind, mount]
+        for name, value in sorted(env.items()):
+            cmd += [set_env, f"{name}={value}"]
+        if engine.launcher == "podman-hpc":
             for name in SECRET_ENV:
                 cmd += ["-e", name]  # passed through by name: the value never shows
-            return [*cmd, image, *inner]
-        cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
-        for path in paths:
-            cmd += ["--bind", f"{path}:{path}"]
-        for mount in mounts:
-            cmd += ["--bind", mount]
-        for name, value in sorted(env.items()):
-            cmd += ["--env", f"{name}={value}"]
         return [*cmd, image, *inner]
 
     def command(
