@@ -81,7 +81,7 @@ class RunImbalance:
     per_layer: list[dict]
     expert_loads: list[dict]
     summary: list[dict]
-    legacy: dict[str, float]
+    legacy: dict[str, float | None]
     skipped: list[Skipped] = field(default_factory=list)
     # Records whose loads do not add up to top_k * num_tokens (reported, not fatal).
     inconsistent_records: int = 0
@@ -384,8 +384,8 @@ def analyze_routing_log(
     The EP rank count defaults to the header's world_size when above 1, else
     DEFAULT_EP_RANKS. A record cut by a crash is dropped and listed in `skipped`.
     """
-    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    logs = [RoutingLog(p) for p in paths]
+    files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    logs = [RoutingLog(p) for p in files]
     first = logs[0].header
     if odd := odd_header(logs, ("num_experts", "num_layers", "top_k")):
         h = odd.header
@@ -401,7 +401,7 @@ def analyze_routing_log(
         num_layers=first.num_layers,
         top_k=first.top_k,
         placement=_placement(placement, first.num_experts, ranks),
-        run=run if run is not None else paths[0].stem,
+        run=run if run is not None else files[0].stem,
         per_step=per_step,
     )
     skipped = []
@@ -416,7 +416,7 @@ def analyze_routing_log(
                     f"last record cut by a crash ({log.trailing_bytes} bytes), dropped",
                 )
             )
-    return acc.result(source=",".join(map(str, paths)), skipped=skipped)
+    return acc.result(source=",".join(map(str, files)), skipped=skipped)
 
 
 def analyze_gate_log_run(

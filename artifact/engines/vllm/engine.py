@@ -42,7 +42,7 @@ import urllib.error
 import urllib.request
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from artifact.config.profiles import Mode
 from artifact.core.errors import ArtifactError, StageFailed
@@ -281,7 +281,7 @@ class VllmEngine(Engine):
         where = f"field 'modes.{name}'"
         path = self.profile.path
 
-        def fail(message: str) -> None:
+        def fail(message: str) -> NoReturn:
             raise ArtifactError(message, path=path, where=where)
 
         if mode.experts_implementation:

@@ -113,7 +113,9 @@ def _from_blocks(name: str, origin: Path, top_k: int, parts: list[tuple[str, np.
 
 
 def _routing_logs(name: str, path: Path, files: list[Path]) -> LoadSource:
-    parts, top_k, width = [], None, None
+    parts: list[tuple[str, np.ndarray]] = []
+    top_k: int | None = None
+    width: int | None = None
     for file in files:
         log = RoutingLog(file)
         if top_k is None:
@@ -126,9 +128,9 @@ def _routing_logs(name: str, path: Path, files: list[Path]) -> LoadSource:
             )
         run = file.relative_to(path).as_posix() if file != path else file.name
         parts += [(run, block) for block in routing_blocks(log)]
-    if not parts:
+    if not parts or top_k is None:
         raise ArtifactError("routing logs hold no records", path=path)
-    return _from_blocks(name, path, int(top_k), parts)
+    return _from_blocks(name, path, top_k, parts)
 
 
 def _gate_logs(name: str, path: Path, top_k: int) -> LoadSource:

@@ -23,8 +23,11 @@ RANK_FILE = re.compile(r"\.rank(\d+)$")
 
 
 def rank_log_paths(path: Path) -> list[Path]:
-    found = [p for p in path.parent.glob(f"{path.name}.rank*") if RANK_FILE.search(p.name)]
-    return sorted(found, key=lambda p: int(RANK_FILE.search(p.name).group(1)))
+    ranks = {}
+    for p in path.parent.glob(f"{path.name}.rank*"):
+        if match := RANK_FILE.search(p.name):
+            ranks[p] = int(match.group(1))
+    return sorted(ranks, key=ranks.__getitem__)
 
 
 def merge_rank_logs(path: Path, rank_files: list[Path] | None = None) -> dict:
