@@ -46,7 +46,7 @@ from artifact.serving.results import (
     verify_result,
 )
 from artifact.study.cards import card_fields, read_card
-from artifact.study.traces import parse_trace_name
+from artifact.study.traces import parse_trace_name, trace_card
 
 OUR_RESULT = re.compile(r".+\.rep\d+\.json$")
 LATENCY = {"TTFT": "ttft", "TPOT": "tpot", "ITL": "itl", "E2EL": "e2el"}
@@ -158,10 +158,10 @@ def open_trace(path: str | Path) -> Trace:
     results_dir = path / "results_json"
     results = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     results += sorted(p for p in path.glob("*.json") if OUR_RESULT.match(p.name))
-    cards = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    card = trace_card(path)
     routing = sorted(path.rglob("*.routing"))
     gates = sorted({p.parent for p in path.rglob("gate_logs_*.json")})
-    if not (named or results or cards or routing or gates):
+    if not (named or results or card or routing or gates):
         raise ArtifactError(
             "not a trace: no results_json/, *.repNN.json result files, workload card, routing "
             "or gate logs, and the name is not Model-engine-Platform[mode_seqs_tokens]-group",
@@ -177,10 +177,9 @@ def open_trace(path: str | Path) -> Trace:
     )
     if named:
         _merge(trace, "name", {k: v for k, v in named.items() if k not in ("group", "platform")})
-    if cards:
-        own = [c for c in cards if c.stem == path.name]
-        trace.card = (own or cards)[0]
-        trace.card_fields = card_fields(read_card(trace.card))
+    if card is not None:
+        trace.card = card
+        trace.card_fields = card_fields(read_card(card))
         _merge(trace, "card", {k: trace.card_fields.get(k) for k in CARD_CONFIG})
     for log in trace.logs:
         prov = parse_log(log)

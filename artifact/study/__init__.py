@@ -4,6 +4,7 @@
 - `cards`: workload cards (`*.yaml` beside a trace or under `load_imbalance/`);
 - `gate_logs`: the gate logs (`gates_logs_NN/gate_logs_<layer>.json`);
 - `legacy`: the study's own two imbalance methods, reproduced;
+- `expectation`: what a trace claims to have run (name and card), for the vLLM log checks;
 - `layout`: the whole folder as this artifact's tidy tables (`--from-study`);
 - `parallel_loads`: its gate logs as the parallel stage's replay file;
 - `audit`: provenance findings over the tables.

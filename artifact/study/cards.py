@@ -6,10 +6,14 @@ functions below pick the fields the tools use out of the mapping it returns.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from artifact.core.errors import ArtifactError
+
+# "Baseline (Triton MoE)", "DefaultAll2All (FlashInfer MoE)" in a card's description.
+CARD_MODE_CLAIM = re.compile(r"(?P<family>Baseline|DefaultAll2All)\s*\((?P<claim>[^)]*)\)", re.I)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -60,6 +64,19 @@ def card_fields(card: dict) -> dict[str, Any]:
 
 def card_description(card: dict) -> str:
     return " ".join(str(card.get("description", "")).split())
+
+
+def card_mode_claims(card: dict) -> list[tuple[str, str, str]]:
+    """(family, claim, words) for each mode the description makes a claim about: family
+    'baseline' or 'all2all', the claim in parentheses, and the words as the card puts them."""
+    return [
+        (
+            "baseline" if m.group("family").lower() == "baseline" else "all2all",
+            m.group("claim"),
+            f"{m.group('family')} ({m.group('claim')})",
+        )
+        for m in CARD_MODE_CLAIM.finditer(card_description(card))
+    ]
 
 
 def card_hardware(card: dict) -> str | None:

@@ -43,6 +43,13 @@ def vllm_parallel(engine: str) -> tuple[bool, int] | None:
     return None if m is None else (m.group("parallel") == "EP", int(m.group("size")))
 
 
+def trace_card(trace: Path) -> Path | None:
+    """The workload card of a trace directory: the one named after it, else the first."""
+    cards = sorted([*trace.glob("*.yaml"), *trace.glob("*.yml")])
+    own = [card for card in cards if card.stem == trace.name]
+    return (own or cards)[0] if cards else None
+
+
 def trace_dir_of_log(log: Path) -> Path:
     """`<trace>/logs/x.log` -> `<trace>`."""
     return log.parent.parent if log.parent.name == "logs" else log.parent

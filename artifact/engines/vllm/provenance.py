@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from artifact.core.errors import ArtifactError
-from artifact.study.cards import card_description, card_hardware, read_card
-from artifact.study.traces import parse_trace_name, trace_dir_of_log, vllm_parallel
+from artifact.study.cards import card_hardware, card_mode_claims, read_card
+from artifact.study.traces import parse_trace_name, trace_dir_of_log
 
 TOOL_HELP = "read a vLLM server log: version, parallel sizes, all2all, MoE kernel, EPLB"
 
@@ -441,10 +441,7 @@ class Expectation:
         return asdict(self)
 
 
-CARD_MODE_CLAIM = re.compile(r"(?P<family>Baseline|DefaultAll2All)\s*\((?P<claim>[^)]*)\)", re.I)
-
-
-def _kernel_from_words(words: str) -> str | None:
+def kernel_from_words(words: str) -> str | None:
     lowered = words.lower()
     if "flashinfer" in lowered:
         return FLASHINFER
@@ -463,59 +460,10 @@ def family_of(prov: LogProvenance) -> str:
 def card_family_claims(card: dict) -> dict[str, tuple[str, str]]:
     """family -> (kernel, words) for cards naming kernels per mode, e.g. 'Baseline (Triton MoE)'."""
     claims = {}
-    for match in CARD_MODE_CLAIM.finditer(card_description(card)):
-        family = "baseline" if match.group("family").lower() == "baseline" else "all2all"
-        kernel = _kernel_from_words(match.group("claim"))
-        if kernel:
-            claims[family] = (kernel, f"{match.group('family')} ({match.group('claim')})")
+    for family, claim, words in card_mode_claims(card):
+        if kernel := kernel_from_words(claim):
+            claims[family] = (kernel, words)
     return claims
-
-
-def expectation_from_study_dir(run_dir: Path) -> Expectation | None:
-    """The mode a directory of the original study's trace collection claims to be.
-
-    The name carries engine, mode and limits (`...vllmEP4-...[defaultall2all_32_8192_eplbon]`);
-    the workload card beside it may add a kernel claim ('Baseline (Triton MoE)') and the EPLB
-    setting.
-    """
-    named = parse_trace_name(run_dir.name)
-    parallel = vllm_parallel(named["engine"]) if named else None
-    if named is None or parallel is None:
-        return None
-    expert, size = parallel
-    eplb = named["eplb"]
-    exp = Expectation(
-        name=named["mode"] + ("" if eplb is None else "_eplbon" if eplb else "_eplboff"),
-        source=f"directory name {run_dir.name}",
-        tensor_parallel_size=1 if expert else size,
-        data_parallel_size=size if expert else 1,
-        enable_expert_parallel=expert,
-        enable_eplb=bool(eplb),
-        all2all_backend="default" if expert else None,
-        max_num_seqs=named["max_num_seqs"],
-        max_num_batched_tokens=named["max_num_batched_tokens"],
-    )
-    cards = sorted(run_dir.glob("*.yaml")) + sorted(run_dir.glob("*.yml"))
-    if cards:
-        card = read_card(cards[0])
-        exp.source += f" and card {cards[0].name}"
-        words = card_description(card)
-        family = "all2all" if expert else "baseline"
-        claims = card_family_claims(card)
-        if family in claims:
-            exp.moe_kernel, exp.moe_kernel_claim = claims[family]
-        elif kernel := _kernel_from_words(words):
-            exp.moe_kernel, exp.moe_kernel_claim = kernel, words
-        # The directory name is the claim; a card that disagrees with it is noted, not used.
-        ep_card = (card.get("Model-executor") or {}).get("expert_parallel") or {}
-        if "eplb" in ep_card and bool(ep_card["eplb"]) != exp.enable_eplb:
-            exp.notes.append(
-                f"card {cards[0].name} says eplb: {ep_card['eplb']}, the directory name claims "
-                f"EPLB {'on' if exp.enable_eplb else 'off'}"
-            )
-        if hw := card_hardware(card):
-            exp.gpu_model = hw
-    return exp
 
 
 def expectation_from_mode(profile, mode_name: str, limits=None) -> Expectation:
@@ -759,6 +707,8 @@ def analyse(
         prov = parse_log(log)
         exp: Expectation | None = None
         if expect == "auto":
+            from artifact.study.expectation import expectation_from_study_dir
+
             exp = expectation_from_study_dir(trace_dir_of_log(log))
             if exp is None:
                 raise ArtifactError(
