@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-STUDY_ENV = "MOE_ARTIFACT_STUDY_DATA"
+from artifact.study import STUDY_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def study_data() -> Path:
     """The original study's raw data folder, or skip with the reason."""
     value = os.environ.get(STUDY_ENV)

@@ -54,10 +54,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from artifact.config.profiles import Profile, _explain, _field_path, project_root
+from artifact.config.loader import field_path, read_yaml, validate
+from artifact.config.profiles import Profile, project_root
 from artifact.core.errors import ArtifactError
 
 REDUCERS = (
@@ -266,24 +266,20 @@ def _where(raw: Any, loc: tuple) -> str:
         ident = None
         if isinstance(claims, list) and loc[1] < len(claims) and isinstance(claims[loc[1]], dict):
             ident = claims[loc[1]].get("id")
-        field = _field_path(loc[2:])
+        field = field_path(loc[2:])
         name = f"claim '{ident}'" if ident else f"claim #{loc[1] + 1}"
         return f"{name}, field '{field}'" if loc[2:] else name
-    return f"field '{_field_path(loc)}'"
+    return f"field '{field_path(loc)}'"
 
 
 def parse_claims(raw: Any, path: Path) -> ClaimsFile:
-    if not isinstance(raw, dict):
-        raise ArtifactError("a claims file must be a YAML mapping with 'claims'", path=path)
-    try:
-        claims = ClaimsFile.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        message = _explain(err)
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise ArtifactError(message, path=path, where=_where(raw, tuple(err["loc"]))) from None
+    claims = validate(
+        ClaimsFile,
+        raw,
+        path,
+        not_mapping="a claims file must be a YAML mapping with 'claims'",
+        where=lambda loc: _where(raw, loc),
+    )
     claims._path = path
     return claims
 
@@ -293,14 +289,7 @@ def load_claims(path: str | Path) -> ClaimsFile:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError("claims file not found", path=path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f"{mark.line + 1}" if mark else None
-        raise ArtifactError(f"not valid YAML: {problem}", path=path, where=where) from None
-    return parse_claims(raw, path)
+    return parse_claims(read_yaml(path), path)
 
 
 def claims_path(profile: Profile, override: str | Path | None = None) -> Path:

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from artifact.config.loader import read_yaml, validate
 from artifact.core.errors import ArtifactError
 
 PROFILE_DIR_ENV = "MOE_ARTIFACT_PROFILE_DIR"
@@ -327,69 +327,8 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in profile_dir().glob("*.yaml"))
 
 
-def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def _explain(err: dict) -> str:
-    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown field (check its spelling and the profile reference in README.md)"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "literal_error" and "expected" in ctx:
-        return f"got {err.get('input')!r}; allowed: {ctx['expected']}"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if "input" in err and kind not in ("value_error", "assertion_error"):
-        return f"{msg} (got {err['input']!r})"
-    return msg
-
-
-def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """Field names allowed at the parent of `loc`, for 'unknown field' errors."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = field.annotation
-        else:
-            args = getattr(current, "__args__", ())
-            # dict[str, Model] -> Model; Model | None -> Model
-            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            if not models:
-                return None
-            current = models[0]
-            if isinstance(part, str) and part not in current.model_fields:
-                continue
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = field.annotation
-    args = getattr(current, "__args__", ())
-    models = [a for a in (current, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-    return sorted(models[0].model_fields) if models else None
-
-
 def parse_profile(raw: Any, path: Path) -> Profile:
-    if not isinstance(raw, dict):
-        raise ArtifactError("a profile must be a YAML mapping of fields", path=path)
-    try:
-        profile = Profile.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = _field_path(err["loc"])
-        message = _explain(err)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(Profile, err["loc"])
-            if allowed:
-                message += f"; allowed here: {', '.join(allowed)}"
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
-        raise ArtifactError(message, path=path, where=f"field '{field}'") from None
+    profile = validate(Profile, raw, path, not_mapping="a profile must be a YAML mapping of fields")
     expected_name = path.stem
     if profile.name != expected_name:
         raise ArtifactError(
@@ -414,11 +353,4 @@ def load_profile(name_or_path: str | Path | None = None) -> Profile:
     if not path.is_file():
         known = ", ".join(available_profiles()) or "none found"
         raise ArtifactError(f"no such profile; available: {known}", path=path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{mark.line + 1}" if mark else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ArtifactError(f"not valid YAML: {problem}", path=path, where=where) from None
-    return parse_profile(raw, path)
+    return parse_profile(read_yaml(path), path)

@@ -177,6 +177,7 @@ def read_kernel_summary(path: str | Path) -> list[KernelRow]:
             )
         instances = int(instances)
         total = values["total"]
+        assert total is not None  # "total" is a required column
         avg = values["avg"] if values["avg"] is not None else total / max(instances, 1)
         rows.append(
             KernelRow(
@@ -239,26 +240,30 @@ def _pooled(rows: list[KernelRow]) -> dict | None:
     n = sum(r.instances for r in rows)
     total = sum(r.total_ns for r in rows)
     mean = total / n if n else None
+    avg: float | None
+    std: float | None
     if len(rows) == 1:
         row = rows[0]
         avg, med, low, high, std = row.avg_ns, row.med_ns, row.min_ns, row.max_ns, row.std_ns
     else:
         avg, med = mean, None
-        mins = [r.min_ns for r in rows]
-        maxs = [r.max_ns for r in rows]
-        low = None if None in mins else min(mins)
-        high = None if None in maxs else max(maxs)
+        mins = [r.min_ns for r in rows if r.min_ns is not None]
+        maxs = [r.max_ns for r in rows if r.max_ns is not None]
+        low = min(mins) if len(mins) == len(rows) else None
+        high = max(maxs) if len(maxs) == len(rows) else None
+        stds = [r.std_ns for r in rows if r.std_ns is not None]
         std = None
-        if mean is not None and all(r.std_ns is not None for r in rows):
+        if mean is not None and len(stds) == len(rows):
             # Pooled variance: E[x^2] - mean^2 from each row's mean and std.
-            second = sum(r.instances * (r.std_ns**2 + r.avg_ns**2) for r in rows) / n
+            pairs = zip(rows, stds, strict=True)
+            second = sum(r.instances * (sd**2 + r.avg_ns**2) for r, sd in pairs) / n
             std = math.sqrt(max(second - mean**2, 0.0))
     us = 1e-3
     return {
         "rows": len(rows),
         "total_ms": total / 1e6,
         "instances": n,
-        "avg_us": avg * us,
+        "avg_us": None if avg is None else avg * us,
         "med_us": None if med is None else med * us,
         "min_us": None if low is None else low * us,
         "max_us": None if high is None else high * us,

@@ -34,8 +34,7 @@ import numpy as np
 
 from artifact.core.console import track
 from artifact.core.errors import ArtifactError
-from artifact.routing.format import DEFAULT_CHUNK_RECORDS, PHASES, RoutingLog
-from artifact.routing.legacy import LEGACY_MAX_TOKENS, legacy_cv
+from artifact.routing.format import DEFAULT_CHUNK_RECORDS, PHASES, RoutingLog, odd_header
 from artifact.routing.measures import (
     METRICS,
     ExpertPlacement,
@@ -43,12 +42,9 @@ from artifact.routing.measures import (
     rank_loads,
     uniform_cv_floor,
 )
-from artifact.routing.readers import (
-    Skipped,
-    find_gate_log_runs,
-    read_gate_log_run,
-    routing_blocks,
-)
+from artifact.routing.readers import Skipped, routing_blocks
+from artifact.study.gate_logs import find_gate_log_runs, read_gate_log_run
+from artifact.study.legacy import LEGACY_MAX_TOKENS, legacy_cv
 
 VIEWS = ("layer_total", "per_step", "per_step_token_weighted")
 PHASE_ALL = "all"
@@ -85,7 +81,7 @@ class RunImbalance:
     per_layer: list[dict]
     expert_loads: list[dict]
     summary: list[dict]
-    legacy: dict[str, float]
+    legacy: dict[str, float | None]
     skipped: list[Skipped] = field(default_factory=list)
     # Records whose loads do not add up to top_k * num_tokens (reported, not fatal).
     inconsistent_records: int = 0
@@ -388,29 +384,24 @@ def analyze_routing_log(
     The EP rank count defaults to the header's world_size when above 1, else
     DEFAULT_EP_RANKS. A record cut by a crash is dropped and listed in `skipped`.
     """
-    paths = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    logs = [RoutingLog(p) for p in paths]
+    files = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    logs = [RoutingLog(p) for p in files]
     first = logs[0].header
-    for log in logs[1:]:
-        h = log.header
-        if (h.num_experts, h.num_layers, h.top_k) != (
-            first.num_experts,
-            first.num_layers,
-            first.top_k,
-        ):
-            raise ArtifactError(
-                f"header (experts {h.num_experts}, layers {h.num_layers}, top_k {h.top_k}) "
-                f"differs from {logs[0].path}'s ({first.num_experts}, {first.num_layers}, "
-                f"{first.top_k}); one run's logs must come from one model",
-                path=log.path,
-            )
+    if odd := odd_header(logs, ("num_experts", "num_layers", "top_k")):
+        h = odd.header
+        raise ArtifactError(
+            f"header (experts {h.num_experts}, layers {h.num_layers}, top_k {h.top_k}) "
+            f"differs from {logs[0].path}'s ({first.num_experts}, {first.num_layers}, "
+            f"{first.top_k}); one run's logs must come from one model",
+            path=odd.path,
+        )
     ranks = num_ranks or (first.world_size if first.world_size > 1 else DEFAULT_EP_RANKS)
     acc = ImbalanceAccumulator(
         num_experts=first.num_experts,
         num_layers=first.num_layers,
         top_k=first.top_k,
         placement=_placement(placement, first.num_experts, ranks),
-        run=run if run is not None else paths[0].stem,
+        run=run if run is not None else files[0].stem,
         per_step=per_step,
     )
     skipped = []
@@ -425,7 +416,7 @@ def analyze_routing_log(
                     f"last record cut by a crash ({log.trailing_bytes} bytes), dropped",
                 )
             )
-    return acc.result(source=",".join(map(str, paths)), skipped=skipped)
+    return acc.result(source=",".join(map(str, files)), skipped=skipped)
 
 
 def analyze_gate_log_run(

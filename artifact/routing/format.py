@@ -194,6 +194,12 @@ class RoutingLog:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
 
 
+def odd_header(logs: list[RoutingLog], fields: tuple[str, ...]) -> RoutingLog | None:
+    """The first log whose header differs from the first log's in one of `fields`, or None."""
+    want = [getattr(logs[0].header, name) for name in fields]
+    return next((log for log in logs[1:] if [getattr(log.header, n) for n in fields] != want), None)
+
+
 def layer_totals(path: str | Path, phase: str | None = None) -> np.ndarray:
     """Expert counts summed over all steps, per layer: int64[num_layers, num_experts]
     (one phase only when `phase` is given)."""

@@ -9,8 +9,8 @@ imbalance to measure: every measure is NaN there.
 - max_min: max / min, NaN when some expert got nothing (the ratio is unbounded there; the
   count of idle experts is reported next to it instead).
 - entropy: Shannon entropy of loads/sum divided by log E (1 = even, 0 = one expert).
-- gini: 2*sum(i*f_i)/(E*sum f) - (E+1)/E over the ascending loads f (0 = even), the same
-  formula as `artifact.workload.predictor.gini`.
+- gini: 2*sum(i*f_i)/(E*sum f) - (E+1)/E over the ascending loads f (0 = even); the
+  predictor's token-stream feature of the same name uses it too.
 - rank_max_mean: under an expert placement (expert -> EP rank), max / mean of the per-rank
   loads: the factor by which the slowest rank's MoE work exceeds an even split.
 """
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.special import xlogy
 
 from artifact.core.errors import ArtifactError
 
@@ -64,6 +63,8 @@ def idle_experts(loads) -> np.ndarray:
 
 def entropy(loads) -> np.ndarray:
     """Normalized Shannon entropy; computed as log(S) - sum(x log x)/S to avoid forming x/S."""
+    from scipy.special import xlogy
+
     x = _rows(loads)
     total = x.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):

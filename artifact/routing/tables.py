@@ -18,9 +18,9 @@ import numpy as np
 from artifact.core.io import atomic_open, atomic_write_json, atomic_write_text
 from artifact.routing.aggregate import RunImbalance
 from artifact.routing.format import PHASES
-from artifact.routing.legacy import compare_default_vs_legacy, legacy_table
 from artifact.routing.measures import METRICS
 from artifact.routing.readers import Skipped
+from artifact.study.legacy import compare_default_vs_legacy, legacy_table
 
 MEASURE_COLUMNS = (*METRICS, "idle_experts", "cv_noise_floor")
 COLUMNS = {

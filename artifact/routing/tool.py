@@ -10,9 +10,9 @@ from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.routing.aggregate import RunImbalance, analyze_path
 from artifact.routing.format import DEFAULT_CHUNK_RECORDS
-from artifact.routing.legacy import compare_default_vs_legacy
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import PerStepCsv, write_run_tables
+from artifact.study.legacy import compare_default_vs_legacy
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

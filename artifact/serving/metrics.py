@@ -19,8 +19,6 @@ reported and the top-level values are their means.
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
 import csv
 import io
 import json
@@ -35,7 +33,7 @@ import numpy as np
 from rich.text import Text
 
 from artifact.core.errors import ArtifactError
-from artifact.core.io import read_json
+from artifact.engines.vllm.provenance import parse_log
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
     estimate_e2els,
@@ -47,12 +45,9 @@ from artifact.serving.results import (
     summarize_file,
     verify_result,
 )
+from artifact.study.cards import card_fields, read_card
+from artifact.study.traces import parse_trace_name, trace_card
 
-TRACE_NAME = re.compile(
-    r"^(?P<model>[^-\[\]]+)-(?P<engine>[^-\[\]]+)-(?P<platform>[^-\[\]]+)"
-    r"\[(?P<mode>[A-Za-z0-9]+)_(?P<max_num_seqs>\d+)_(?P<max_num_batched_tokens>\d+)"
-    r"(?:_(?P<eplb>eplbon|eplboff))?\]-(?P<group>.+)$"
-)
 OUR_RESULT = re.compile(r".+\.rep\d+\.json$")
 LATENCY = {"TTFT": "ttft", "TPOT": "tpot", "ITL": "itl", "E2EL": "e2el"}
 THROUGHPUT = {
@@ -84,8 +79,6 @@ CONFIG_COLUMNS = (
     "moe",
 )
 CARD_CONFIG = ("moe", "max_num_seqs", "max_num_batched_tokens", "eplb")
-LOG_VERSION = re.compile(r"API server version (\S+)")
-LOG_ARGS = re.compile(r"non-default args: (\{.*\})")
 
 
 class MetricRefused(ArtifactError):
@@ -132,80 +125,6 @@ def is_ours_trace(results: list[tuple[Path, dict]]) -> bool:
 # --- what a trace is --------------------------------------------------------------------------
 
 
-def parse_trace_name(name: str) -> dict[str, Any] | None:
-    """Configuration encoded in an original trace directory's name, or None."""
-    m = TRACE_NAME.match(name)
-    if not m:
-        return None
-    eplb = m.group("eplb")
-    return {
-        "model": m.group("model"),
-        "engine": m.group("engine"),
-        "platform": m.group("platform"),
-        "mode": m.group("mode"),
-        "max_num_seqs": int(m.group("max_num_seqs")),
-        "max_num_batched_tokens": int(m.group("max_num_batched_tokens")),
-        "eplb": None if eplb is None else eplb == "eplbon",
-        "group": m.group("group"),
-    }
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    """The fields of a workload card this tool uses (missing ones are left out)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{mark.line + 1}" if mark is not None else None
-        raise ArtifactError(
-            f"workload card is not valid YAML: {exc.problem}", path=path, where=where
-        ) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ArtifactError(f"cannot read the workload card: {exc}", path=path) from None
-    if not isinstance(raw, dict):
-        raise ArtifactError("workload card is not a YAML mapping", path=path)
-
-    def get(*keys: str) -> Any:
-        node: Any = raw
-        for key in keys:
-            if not isinstance(node, dict) or key not in node:
-                return None
-            node = node[key]
-        return node
-
-    card = {
-        "moe": get("workload", "model", "moe"),
-        "model_family": get("workload", "model", "model_family"),
-        "max_num_seqs": get("workload", "data", "max-num-seqs"),
-        "max_num_batched_tokens": get("workload", "data", "max-num-batched-tokens"),
-        "framework": get("Model-executor", "framework", "name"),
-        "tp": get("Model-executor", "model_plan_parallelization", "tp"),
-        "ep": get("Model-executor", "model_plan_parallelization", "ep"),
-        "eplb": get("Model-executor", "expert_parallel", "eplb"),
-    }
-    return {k: v for k, v in card.items() if v is not None}
-
-
-def read_server_log(path: Path) -> dict[str, Any]:
-    """vLLM version and non-default arguments from a server log (what it ran with)."""
-    info: dict[str, Any] = {}
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if "engine_version" not in info and (m := LOG_VERSION.search(line)):
-                    info["engine_version"] = m.group(1)
-                if "args" not in info and (m := LOG_ARGS.search(line)):
-                    with contextlib.suppress(ValueError, SyntaxError):
-                        info["args"] = ast.literal_eval(m.group(1))
-                if len(info) == 2:
-                    break
-    except OSError as exc:
-        raise ArtifactError(f"cannot read the server log: {exc}", path=path) from None
-    return info
-
-
 def _merge(trace: Trace, source: str, values: dict[str, Any]) -> None:
     """Fill configuration fields; a source that disagrees with an earlier one adds a note."""
     for key, value in values.items():
@@ -239,10 +158,10 @@ def open_trace(path: str | Path) -> Trace:
     results_dir = path / "results_json"
     results = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     results += sorted(p for p in path.glob("*.json") if OUR_RESULT.match(p.name))
-    cards = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    card = trace_card(path)
     routing = sorted(path.rglob("*.routing"))
     gates = sorted({p.parent for p in path.rglob("gate_logs_*.json")})
-    if not (named or results or cards or routing or gates):
+    if not (named or results or card or routing or gates):
         raise ArtifactError(
             "not a trace: no results_json/, *.repNN.json result files, workload card, routing "
             "or gate logs, and the name is not Model-engine-Platform[mode_seqs_tokens]-group",
@@ -258,16 +177,14 @@ def open_trace(path: str | Path) -> Trace:
     )
     if named:
         _merge(trace, "name", {k: v for k, v in named.items() if k not in ("group", "platform")})
-    if cards:
-        own = [c for c in cards if c.stem == path.name]
-        trace.card = (own or cards)[0]
-        trace.card_fields = read_card(trace.card)
+    if card is not None:
+        trace.card = card
+        trace.card_fields = card_fields(read_card(card))
         _merge(trace, "card", {k: trace.card_fields.get(k) for k in CARD_CONFIG})
     for log in trace.logs:
-        info = read_server_log(log)
-        if "engine_version" in info:
-            _merge(trace, f"log {log.name}", {"engine_version": info["engine_version"]})
-        args = info.get("args") or {}
+        prov = parse_log(log)
+        _merge(trace, f"log {log.name}", {"engine_version": prov.vllm_version})
+        args = prov.non_default_args
         _merge(
             trace,
             f"log {log.name}",
@@ -473,30 +390,11 @@ def _routing_counts(paths: list[Path]) -> tuple[np.ndarray, str, dict]:
 
 
 def _gate_counts(directory: Path) -> tuple[np.ndarray, str, dict]:
-    files = {}
-    for path in directory.glob("gate_logs_*.json"):
-        suffix = path.stem.rsplit("_", 1)[1]
-        if suffix.isdigit():
-            files[int(suffix)] = path
-    rows, steps = [], 0
-    for layer in sorted(files):
-        data = read_json(files[layer])
-        loads = data.get("expert_loads") if isinstance(data, dict) else None
-        if (
-            not isinstance(loads, list)
-            or not loads
-            or not all(isinstance(r, list) and len(r) == len(loads[0]) for r in loads)
-        ):
-            raise ArtifactError(
-                "'expert_loads' is not a list of equal-length rows",
-                path=files[layer],
-                where="field 'expert_loads'",
-            )
-        rows.append(np.asarray(loads, dtype=np.float64).sum(axis=0))
-        steps = max(steps, len(loads))
-    if sorted(files) != list(range(len(files))):
-        raise ArtifactError(f"gate logs skip layers (have {sorted(files)})", path=directory)
-    return np.vstack(rows), "gate_logs", {"steps": steps}
+    from artifact.study.gate_logs import read_gate_log_run
+
+    run = read_gate_log_run(directory)
+    counts = np.vstack([block["counts"].sum(axis=0) for block in run.blocks])
+    return counts, "gate_logs", {"steps": max(len(block) for block in run.blocks)}
 
 
 def trace_metric(

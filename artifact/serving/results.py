@@ -157,9 +157,9 @@ def summarize(
             for m in GOODPUT_METRICS
             if m in goodput_slos_ms
         ]
-        good = sum(all(values[j] <= slo for values, slo in chosen) for j in range(completed))
-        out["request_goodput"] = good / duration
-        out["good_completed"] = good
+        met = sum(all(values[j] <= slo for values, slo in chosen) for j in range(completed))
+        out["request_goodput"] = met / duration
+        out["good_completed"] = met
     return out
 
 

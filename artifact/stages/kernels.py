@@ -29,12 +29,8 @@ from pathlib import Path
 
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.study import STUDY_ENV, STUDY_GATE_LOGS
 
-STUDY_ENV = "MOE_ARTIFACT_STUDY_DATA"
-STUDY_GATE_LOGS = {
-    "study-baseline": "load_imbalance/baseline_gates_logs",
-    "study-all2all": "load_imbalance/default_all2all_gates_logs",
-}
 OPTION_KEYS = (
     "shape",
     "tokens",
@@ -79,15 +75,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
-
-
-def _fingerprint(path: Path) -> str:
-    """Names, sizes and mtimes of the files under path (cheap; logs can be large)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    listing = [
-        (str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-    ]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 class KernelsStage(Stage):
@@ -183,12 +170,14 @@ class KernelsStage(Stage):
         return specs
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
+        from artifact.gpu.kernels.loads import fingerprint
+
         options = {k: getattr(ctx.args, k, None) for k in OPTION_KEYS}
         inputs = {"options": hashlib.sha256(json.dumps(options, default=str).encode()).hexdigest()}
         for spec in self._replay_specs(ctx):
             path = Path(spec.partition("=")[2] or spec)
             if path.exists():
-                inputs[f"replay:{spec}"] = _fingerprint(path)
+                inputs[f"replay:{spec}"] = fingerprint(path)
         return inputs
 
     def run(self, ctx: StageContext) -> StageOutcome:

@@ -43,7 +43,7 @@ from artifact.gpu.parallel.options import (
     parse_options,
     to_argv,
 )
-from artifact.stages.kernels import STUDY_ENV, STUDY_GATE_LOGS, _fingerprint
+from artifact.study import STUDY_ENV, STUDY_GATE_LOGS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,6 +73,8 @@ class ParallelStage(Stage):
         return specs
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
+        from artifact.gpu.kernels.loads import fingerprint
+
         options = {flag: getattr(ctx.args, flag[2:].replace("-", "_"), None) for flag, _ in OPTIONS}
         options["nproc_per_node"] = getattr(ctx.args, "nproc_per_node", None)
         inputs = {"options": hashlib.sha256(json.dumps(options, default=str).encode()).hexdigest()}
@@ -81,7 +83,7 @@ class ParallelStage(Stage):
             paths.append(Path(os.environ[STUDY_ENV]) / STUDY_GATE_LOGS["study-baseline"])
         for path in paths:
             if path.exists():
-                inputs[f"replay:{path}"] = _fingerprint(path)
+                inputs[f"replay:{path}"] = fingerprint(path)
         return inputs
 
     def _replay_file(self, ctx: StageContext, out: Path, shape) -> Path | None:

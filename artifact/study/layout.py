@@ -29,27 +29,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from artifact.checker.tables import hardware_id
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
 from artifact.core.manifest import hash_tree
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.profiling.nsys import eplb_table
-from artifact.routing.aggregate import analyze_gate_log_run
+from artifact.routing.aggregate import RunImbalance, analyze_gate_log_run
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import csv_text, write_run_tables
-from artifact.serving.metrics import (
-    csv_row,
-    find_traces,
-    open_trace,
-    parse_trace_name,
-    trace_report,
-)
+from artifact.serving.metrics import csv_row, find_traces, open_trace, trace_report
 from artifact.serving.results import load_result
 from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
 from artifact.study.audit import log_provenance
+from artifact.study.cards import card_gpu_count, card_hardware, read_card
+from artifact.study.traces import parse_trace_name
 
 TRACE_MODES = {"baseline": "baseline", "defaultall2all": "all2all"}
 # load_imbalance/<prefix>_results_json and <prefix>_gates_logs -> mode
@@ -193,15 +187,13 @@ def sweep_tables(
     return runs, provenance, hardware, flags
 
 
-def _card_hardware(card: Path) -> str | None:
-    raw = yaml.safe_load(card.read_text(encoding="utf-8")) or {}
-    spec = ((raw.get("workload") or {}).get("hardware") or {}).get("xpu_spec") or {}
-    if not spec.get("model"):
-        return None
-    return hardware_id([str(spec["model"])], int(spec.get("total_count") or 1))
+def _card_hardware(path: Path) -> str | None:
+    card = read_card(path)
+    model = card_hardware(card)
+    return hardware_id([model], card_gpu_count(card)) if model else None
 
 
-def imbalance_tables(root: Path) -> tuple[list[dict], list, list[Skipped]]:
+def imbalance_tables(root: Path) -> tuple[list[dict], list[RunImbalance], list[Skipped]]:
     """(runs rows, RunImbalance results, skipped) of load_imbalance/."""
     scores = {}
     meta_path = root / "datasets" / "dataset_metadata.json"
@@ -265,11 +257,15 @@ def import_study(study: Path, out: Path) -> dict[str, int]:
     """Write the study's tables under `out`; returns counts for the stage summary."""
     check_study(study)
     out.mkdir(parents=True, exist_ok=True)
-    runs, provenance, hardware, flags = [], [], [], []
+    runs: list[dict] = []
+    provenance: list[dict] = []
+    hardware: list[str] = []
+    flags: list[dict] = []
     cards = sorted((study / "load_imbalance").glob("*.yaml"))
     if (study / "trace_collection").is_dir():
         runs, provenance, hardware, flags = sweep_tables(study / "trace_collection", cards)
-    results, skipped = [], []
+    results: list[RunImbalance] = []
+    skipped: list[Skipped] = []
     if (study / "load_imbalance").is_dir():
         imb_rows, results, skipped = imbalance_tables(study / "load_imbalance")
         runs += imb_rows

@@ -28,8 +28,8 @@ import numpy as np
 
 from artifact.core.console import console
 from artifact.core.errors import ArtifactError
-from artifact.gpu.kernels.loads import LoadSource, read_sources, write_loads_file
-from artifact.stages.kernels import STUDY_ENV, STUDY_GATE_LOGS
+from artifact.gpu.kernels.loads import LoadSource, read_sources, save_sources
+from artifact.study import STUDY_ENV, STUDY_GATE_LOGS
 
 
 def pooled_by_layer(source: LoadSource, name: str) -> LoadSource:
@@ -74,13 +74,7 @@ def run_tool(args: argparse.Namespace) -> int:
     if not study:
         raise ArtifactError(f"give --study or set ${STUDY_ENV} to the study's data folder")
     sources = study_sources(Path(study), args.max_rows, args.seed)
-    write_loads_file(args.out, sources)
-    for s in sources:
-        console.print(
-            f"{s.name}: {len(s)} rows, tokens per row {int(s.num_tokens.min())}.."
-            f"{int(s.num_tokens.max())}"
-        )
-    console.print(f"wrote {args.out}")
+    save_sources(args.out, sources)
     return 0
 
 

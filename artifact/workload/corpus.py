@@ -115,13 +115,13 @@ def build(spec: Spec, n: int) -> list[dict]:
     elif spec.family == "concentration":
         dominant = all_domains[p["domain"] % len(all_domains)]
         others = [d for d in all_domains if d != dominant]
-        weights = [p["q"]] + [(1 - p["q"]) / len(others)] * len(others)
-        pairs = _draw(rng, corpus, [dominant, *others], weights, n)
+        shares = [p["q"]] + [(1 - p["q"]) / len(others)] * len(others)
+        pairs = _draw(rng, corpus, [dominant, *others], shares, n)
     elif spec.family == "mixture":
         k = int(rng.integers(2, len(all_domains) + 1))
         chosen = [all_domains[i] for i in rng.choice(len(all_domains), k, replace=False)]
-        weights = rng.dirichlet(np.full(k, p["alpha"]))
-        pairs = _draw(rng, corpus, chosen, weights + 1e-9, n)
+        mix = rng.dirichlet(np.full(k, p["alpha"]))
+        pairs = _draw(rng, corpus, chosen, mix + 1e-9, n)
     else:
         raise ArtifactError(f"unknown dataset family '{spec.family}'")
     return [

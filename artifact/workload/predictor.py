@@ -27,6 +27,7 @@ import numpy as np
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_jsonl
+from artifact.routing.measures import gini
 
 # (feature name, weight), in the formula's order.
 FEATURE_WEIGHTS: tuple[tuple[str, float], ...] = (
@@ -61,17 +62,6 @@ class Prediction:
         return {"score": self.score, "components": self.components, "raw_metrics": self.raw_metrics}
 
 
-def gini(counts: np.ndarray) -> float:
-    """Gini coefficient of non-negative counts (0 = all equal)."""
-    f = np.sort(np.asarray(counts, dtype=np.float64))
-    n = f.size
-    total = f.sum()
-    if n == 0 or total == 0:
-        return 0.0
-    i = np.arange(1, n + 1, dtype=np.float64)
-    return float(2.0 * np.dot(i, f) / (n * total) - (n + 1) / n)
-
-
 def token_features(ids: list[int]) -> tuple[dict[str, float | None], dict[str, float | int]]:
     """The six token-stream features of one concatenated id stream."""
     n = len(ids)
@@ -89,7 +79,7 @@ def token_features(ids: list[int]) -> tuple[dict[str, float | None], dict[str, f
         "top10_concentration": top / n,
         "inverse_diversity": 1.0 - vocab / n,
         "inverse_entropy": 1.0 - entropy / max_entropy,
-        "gini": gini(counts),
+        "gini": float(gini(counts)),
         "bigram_concentration": None,
     }
     raw: dict[str, float | int] = {

@@ -2,7 +2,7 @@
 launchers, validation, and a full start / health / provenance / routing / stop cycle against
 a stand-in `vllm` executable (no GPU and no vLLM here).
 
-The flag tables (artifact/engines/vllm/cli_surface.py) were generated from vLLM's own
+The flag tables (artifact/engines/vllm/cli_surface.json) were generated from vLLM's own
 `vllm serve` parser: the 0.11.0 wheel for the EPLB image, and for 2f13319f (no wheel of its
 own) the flags both neighbouring releases 0.10.1.1 and 0.10.2 have.
 """
@@ -21,8 +21,7 @@ from standins import install
 from artifact.config.profiles import load_profile, profile_dir
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.engines.base import ServerLimits, get_engine
-from artifact.engines.vllm.cli_surface import ENV, FLAGS
-from artifact.engines.vllm.engine import VllmEngine, flag_names, surface_key
+from artifact.engines.vllm.engine import VllmEngine, cli_surface, flag_names, surface_key
 from artifact.profiling.nsys import read_kernel_summary
 from artifact.routing.format import RoutingHeader, RoutingLog, RoutingWriter, layer_totals
 from artifact.stages.serve import smoke_completion
@@ -59,7 +58,7 @@ def test_every_perlmutter_mode_uses_only_flags_of_its_pinned_build(engine):
         engine.validate_mode(name, mode)
         key = surface_key(engine.mode_ref(mode))
         args = engine.serve_args(mode, LIMITS, 8000)
-        unknown = [f for f in flag_names(args) if f not in FLAGS[key]]
+        unknown = [f for f in flag_names(args) if f not in cli_surface().flags[key]]
         assert unknown == [], (name, key, unknown)
         assert args[:3] == ["vllm", "serve", "mistralai/Mixtral-8x7B-v0.1"]
         assert args[args.index("--host") + 1] == "127.0.0.1"
@@ -95,7 +94,7 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
     m = eng.profile.modes["all2all-eplb"]
     eng.validate_mode("all2all-eplb", m)
     args = eng.serve_args(m, LIMITS, 1)
-    assert "--eplb-config" not in args and "--eplb-config" not in FLAGS["2f13319f"]
+    assert "--eplb-config" not in args and "--eplb-config" not in cli_surface().flags["2f13319f"]
     tail = args[args.index("--enable-eplb") :]
     assert tail == [
         "--enable-eplb",
@@ -107,7 +106,7 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
         "200",
         "--eplb-log-balancedness",
     ]
-    assert all(f in FLAGS["2f13319f"] for f in flag_names(args))
+    assert all(f in cli_surface().flags["2f13319f"] for f in flag_names(args))
 
 
 @pytest.mark.parametrize(
@@ -147,9 +146,12 @@ def test_the_naive_backend_at_the_dev_build_and_its_env(tmp_path, monkeypatch):
     eng.validate_mode("all2all", eng.profile.modes["all2all"])
     env = eng.server_env(eng.profile.modes["all2all"], None)
     assert env["VLLM_ALL2ALL_BACKEND"] == "naive" and env["VLLM_MOE_DP_CHUNK_SIZE"] == "256"
-    assert "VLLM_ALL2ALL_BACKEND" in ENV["2f13319f"] and "VLLM_ALL2ALL_BACKEND" in ENV["0.11.0"]
-    assert "VLLM_USE_FLASHINFER_MOE_FP16" in ENV["0.11.0"]
-    assert "VLLM_USE_FLASHINFER_MOE_FP16" not in ENV["2f13319f"]
+    env_of = cli_surface().env
+    assert (
+        "VLLM_ALL2ALL_BACKEND" in env_of["2f13319f"] and "VLLM_ALL2ALL_BACKEND" in env_of["0.11.0"]
+    )
+    assert "VLLM_USE_FLASHINFER_MOE_FP16" in env_of["0.11.0"]
+    assert "VLLM_USE_FLASHINFER_MOE_FP16" not in env_of["2f13319f"]
 
 
 def test_podman_hpc_launch(engine, monkeypatch):

@@ -83,6 +83,17 @@ def batch(gen, reqs: dict[str, tuple[int, int, int]]):
     return total, logits, mask
 
 
+def scheduled(SchedulerOutput, reqs: dict[str, tuple[int, int, int]], total, logits, **extra):
+    """The SchedulerOutput of `batch`'s requests."""
+    return SchedulerOutput(
+        num_scheduled_tokens={r: n for r, (_, _, n) in reqs.items()},
+        total_num_scheduled_tokens=total,
+        requests={r: (c, p) for r, (c, p, _) in reqs.items()},
+        router_logits=logits,
+        **extra,
+    )
+
+
 def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path):
     moe, Runner, SchedulerOutput, _, _ = modules()
     layers = [moe.FusedMoE(f"model.layers.{i}.block_sparse_moe.experts") for i in range(LAYERS)]
@@ -98,15 +109,8 @@ def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path):
     ]
     for step, reqs in enumerate(plans):
         total, logits, mask = batch(gen, reqs)
-        runner.execute_model(
-            SchedulerOutput(
-                num_scheduled_tokens={r: n for r, (_, _, n) in reqs.items()},
-                total_num_scheduled_tokens=total,
-                requests={r: (c, p) for r, (c, p, _) in reqs.items()},
-                router_logits=logits,
-                pad_to=total + 3,  # padding past the scheduled tokens is not counted
-            )
-        )
+        # padding past the scheduled tokens is not counted
+        runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits, pad_to=total + 3))
         for i, lg in enumerate(logits):
             expected[step, i, 0] = counts_of(lg[torch.from_numpy(mask)])
             expected[step, i, 1] = counts_of(lg[torch.from_numpy(~mask)])
@@ -192,14 +196,7 @@ def test_data_parallel_ranks_record_their_own_slice_and_merge_to_the_global_batc
                     runner._dummy_run(1)
                 else:
                     reqs, total, logits, _ = plan
-                    runner.execute_model(
-                        SchedulerOutput(
-                            num_scheduled_tokens={r: n for r, (_, _, n) in reqs.items()},
-                            total_num_scheduled_tokens=total,
-                            requests={r: (c, p) for r, (c, p, _) in reqs.items()},
-                            router_logits=logits,
-                        )
-                    )
+                    runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
             finally:
                 moe.DISPATCH = None
                 set_dp_sizes(None)

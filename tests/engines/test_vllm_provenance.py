@@ -21,10 +21,10 @@ from artifact.engines.vllm.provenance import (
     build_matches,
     default_all2all_backend,
     expectation_flags,
-    expectation_from_study_dir,
     intrinsic_flags,
     parse_log_text,
 )
+from artifact.study.expectation import expectation_from_study_dir
 
 DEV = "0.10.1rc2.dev263+g2f13319f4"
 C = "\x1b[1;36m"

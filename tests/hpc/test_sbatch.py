@@ -17,8 +17,7 @@ import pytest
 from artifact.config.profiles import load_profile
 from artifact.core.runner import PIPELINE
 from artifact.engines.base import ServerLimits, get_engine
-from artifact.engines.vllm.cli_surface import FLAGS
-from artifact.engines.vllm.engine import flag_names, surface_key
+from artifact.engines.vllm.engine import cli_surface, flag_names, surface_key
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "reproduce" / "perlmutter"
@@ -113,7 +112,7 @@ def test_every_server_the_jobs_start_uses_flags_of_its_pinned_vllm(monkeypatch):
             for lim in limits:
                 argv = engine.command(mode, lim, 8000, log_path=Path("/runs/x/server.log"))
                 inner = argv[argv.index("vllm") :]
-                assert [f for f in flag_names(inner) if f not in FLAGS[key]] == []
+                assert [f for f in flag_names(inner) if f not in cli_surface().flags[key]] == []
     assert surface_key(engine.mode_ref(profile.modes["all2all-eplb"])) == "0.11.0"
     assert surface_key(engine.mode_ref(profile.modes["all2all"])) == "2f13319f"
 

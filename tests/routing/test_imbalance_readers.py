@@ -14,7 +14,7 @@ from artifact.routing.aggregate import (
     analyze_routing_log,
 )
 from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
-from artifact.routing.readers import find_gate_log_runs, read_gate_log, read_gate_log_run
+from artifact.study.gate_logs import find_gate_log_runs, read_gate_log, read_gate_log_run
 
 GOOD = {"step": [7, 8], "num_tokens": [2, 1], "expert_loads": [[1, 0, 2, 1], [0, 1, 1, 0]]}
 

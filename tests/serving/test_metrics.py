@@ -15,10 +15,11 @@ import pytest
 from artifact.cli import main
 from artifact.routing.format import RoutingHeader, RoutingWriter
 from artifact.serving.config import BenchConfig, PromptSpec
-from artifact.serving.metrics import find_traces, open_trace, parse_trace_name, trace_report
+from artifact.serving.metrics import find_traces, open_trace, trace_report
 from artifact.serving.request import RequestRecord, ServerCapabilities
 from artifact.serving.result_file import BenchResult, write_result
 from artifact.serving.results import summarize
+from artifact.study.traces import parse_trace_name
 
 ORIGINAL = "Mixtral8x7B-vllmEP4-Perlmutter[defaultall2all_32_8192_eplbon]-group12"
 CARD = """\
@@ -368,20 +369,9 @@ def test_verify_original_format_explains_tpot(tmp_path, run_cli):
 def test_error_line_keeps_the_brackets_of_a_trace_name(tmp_path):
     """Trace names hold `[mode_seqs_tokens]`: the printed error must not eat it as markup."""
     trace = original_trace(tmp_path)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "artifact",
-            "metrics",
-            "--trace",
-            str(trace),
-            "--metric",
-            "token_to_expert_assignment",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    metric = ["--metric", "token_to_expert_assignment"]
+    command = [sys.executable, "-m", "artifact", "metrics", "--trace", str(trace), *metric]
+    result = subprocess.run(command, capture_output=True, text=True)
     one_line_error(result, str(trace), "no gate or routing logs")
 
 

@@ -7,7 +7,7 @@ from artifact.gpu.kernels.bench import logged_counts
 from artifact.gpu.kernels.loads import read_sources
 from artifact.gpu.kernels.routing import ids_from_loads
 from artifact.routing.measures import ExpertPlacement, rank_max_mean
-from artifact.stages.kernels import STUDY_GATE_LOGS
+from artifact.study import STUDY_GATE_LOGS
 
 pytestmark = pytest.mark.study
 

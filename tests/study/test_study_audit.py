@@ -2,8 +2,6 @@
 (`moe-artifact check --profile perlmutter --from-study DIR`)."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -42,11 +40,8 @@ VERDICTS = {
 
 
 @pytest.fixture(scope="module")
-def audit(tmp_path_factory):
-    value = os.environ.get("MOE_ARTIFACT_STUDY_DATA")
-    if not value or not Path(value).is_dir():
-        pytest.skip("MOE_ARTIFACT_STUDY_DATA is not set: no original study data to compare against")
-    study = Path(value)
+def audit(tmp_path_factory, study_data):
+    study = study_data
     run = tmp_path_factory.mktemp("audit") / "run"
     code = main(
         ["check", "--profile", "perlmutter", "--from-study", str(study), "--run-dir", str(run)]

@@ -12,7 +12,7 @@ import pytest
 
 from artifact.core.errors import ArtifactError
 from artifact.routing.aggregate import analyze_gate_log_run, analyze_path
-from artifact.routing.legacy import compare_default_vs_legacy
+from artifact.study.legacy import compare_default_vs_legacy
 
 pytestmark = pytest.mark.study
 

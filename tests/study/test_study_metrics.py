@@ -83,25 +83,16 @@ def test_the_two_itl_conventions_are_told_apart(study_data):
     assert not any(itls_include_first_token(load_result(p)) for p in imbalance)
 
 
+def metrics_cli(*args: str) -> subprocess.CompletedProcess:
+    """`moe-artifact metrics ARGS` in a process of its own (it must succeed)."""
+    command = [sys.executable, "-m", "artifact", "metrics", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True)
+
+
 def test_cli_ttft_of_an_original_trace(study_data):
     name = "Mixtral8x7B-vllmTP4-Perlmutter[baseline_8_2048]-group12"
     trace = study_data / "trace_collection" / name
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "artifact",
-            "metrics",
-            "--trace",
-            str(trace),
-            "--metric",
-            "TTFT",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = metrics_cli("--trace", str(trace), "--metric", "TTFT", "--json")
     result = json.loads(out.stdout)
     stored = json.loads(next((trace / "results_json").glob("*.json")).read_text())
     assert result["value"] == stored["mean_ttft_ms"]
@@ -112,12 +103,7 @@ def test_cli_ttft_of_an_original_trace(study_data):
 
 def test_cli_all_csv_over_the_trace_collection(study_data):
     root = study_data / "trace_collection"
-    out = subprocess.run(
-        [sys.executable, "-m", "artifact", "metrics", "--all", "--trace", str(root), "--csv"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = metrics_cli("--all", "--trace", str(root), "--csv")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert len(rows) == 24
     for row in rows:

@@ -3,7 +3,6 @@ Table 1 from its raw data, with no conversion step."""
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ pytestmark = pytest.mark.study
 
 
 @pytest.fixture(scope="module")
-def plotted(tmp_path_factory):
-    value = os.environ.get("MOE_ARTIFACT_STUDY_DATA")
-    if not value or not Path(value).is_dir():
-        pytest.skip("MOE_ARTIFACT_STUDY_DATA is not set: no original study data to compare against")
-    study = Path(value)
+def plotted(tmp_path_factory, study_data):
+    study = study_data
     run = tmp_path_factory.mktemp("study") / "run"
     assert main(["plots", "--from-study", str(study), "--run-dir", str(run)]) == 0
     return run

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from artifact.routing.measures import gini
 from artifact.workload.predictor import (
     FEATURE_WEIGHTS,
     ImbalancePredictor,
-    gini,
     semantic_similarity,
     token_features,
 )

@@ -31,6 +31,7 @@ moe-routing log, merged into the requested file when the capture stops.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -41,12 +42,13 @@ import urllib.error
 import urllib.request
 from dataclasses import fields
 from pathlib import Path
+from typing import NamedTuple, NoReturn
 
 from artifact.config.profiles import Mode
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
-from artifact.engines.vllm.cli_surface import ENV, FLAGS
+from artifact.engines.vllm.plugin import CONTROL_ENV
 from artifact.engines.vllm.provenance import (
     FLASHINFER,
     LogProvenance,
@@ -57,7 +59,6 @@ from artifact.engines.vllm.provenance import (
     parse_log,
 )
 
-CONTROL_ENV = "MOE_ARTIFACT_ROUTING_CONTROL"
 ALL2ALL_BACKENDS = {
     "2f13319f": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
     "0.11.0": (
@@ -74,18 +75,49 @@ SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 LAUNCH_PREFIX = "moe-artifact launch: "
 
 
+class CliSurface(NamedTuple):
+    """`vllm serve` flags, VLLM_* variables and the version, per known vLLM build."""
+
+    flags: dict[str, frozenset[str]]
+    env: dict[str, frozenset[str]]
+    versions: dict[str, str]
+
+
+def read_cli_surface(path: Path) -> CliSurface:
+    """A table containers/vllm_surface.py wrote; a build with no wheel of its own has what
+    both of its neighbouring releases have."""
+    table = json.loads(path.read_text(encoding="utf-8"))
+    surface = CliSurface({}, {}, {})
+    for name, build in table["builds"].items():
+        surface.flags[name] = frozenset(build["flags"])
+        surface.env[name] = frozenset(build["env"])
+        surface.versions[name] = build["version"]
+    for name, (older, newer) in table["brackets"].items():
+        surface.flags[name] = surface.flags[older] & surface.flags[newer]
+        surface.env[name] = surface.env[older] & surface.env[newer]
+        surface.versions[name] = f"between {older} and {newer}"
+    return surface
+
+
+@functools.cache
+def cli_surface() -> CliSurface:
+    """The builds this artifact knows (cli_surface.json, package data), read on first use."""
+    return read_cli_surface(Path(__file__).with_name("cli_surface.json"))
+
+
 def surface_key(ref: str | None) -> str | None:
     """The cli_surface table a vLLM ref is checked against (None: unknown build)."""
     if not ref:
         return None
     ref = ref.strip()
-    for key in FLAGS:
+    flags = cli_surface().flags
+    for key in flags:
         if re.fullmatch(r"[0-9a-f]{7,40}", key) and key.startswith(ref[:8]):
             return key
         if re.fullmatch(r"[0-9a-f]{7,40}", ref) and ref.startswith(key):
             return key
     bare = ref.lstrip("v")
-    return bare if bare in FLAGS else None
+    return bare if bare in flags else None
 
 
 def is_at_least_0110(key: str | None) -> bool:
@@ -249,7 +281,7 @@ class VllmEngine(Engine):
         where = f"field 'modes.{name}'"
         path = self.profile.path
 
-        def fail(message: str) -> None:
+        def fail(message: str) -> NoReturn:
             raise ArtifactError(message, path=path, where=where)
 
         if mode.experts_implementation:
@@ -259,7 +291,8 @@ class VllmEngine(Engine):
         if key is None:
             fail(
                 f"vLLM build {ref!r} is not one this artifact knows the flags of "
-                f"({', '.join(sorted(FLAGS))}); set engine.vllm_ref or the mode's vllm_ref"
+                f"({', '.join(sorted(cli_surface().flags))}); set engine.vllm_ref or the "
+                "mode's vllm_ref"
             )
         gpus = self.profile.hardware.gpus
         used = mode.tensor_parallel_size * mode.data_parallel_size
@@ -303,10 +336,10 @@ class VllmEngine(Engine):
                 reasons.append(f"{self.profile.hardware.gpu_model} has compute capability {cc}")
             if reasons:
                 fail("moe_kernel flashinfer_cutlass_moe cannot run: " + "; ".join(reasons))
-        unknown = [f for f in flag_names(mode.extra_args) if f not in FLAGS[key]]
+        unknown = [f for f in flag_names(mode.extra_args) if f not in cli_surface().flags[key]]
         if unknown:
             fail(f"extra_args name flags that `vllm serve` of {ref} does not have: {unknown}")
-        bogus = [n for n in mode.env if n.startswith("VLLM_") and n not in ENV[key]]
+        bogus = [n for n in mode.env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
         if bogus:
             fail(f"env sets variables that vLLM {ref} does not read: {bogus}")
         if self.profile.engine.launcher != "bare" and not self.mode_image(mode):
@@ -354,7 +387,7 @@ class VllmEngine(Engine):
         eplb = mode.eplb
         if eplb is None:
             return []
-        if key is not None and "--eplb-config" in FLAGS[key]:
+        if key is not None and "--eplb-config" in cli_surface().flags[key]:
             config = {
                 name: value
                 for name, value in (
@@ -432,22 +465,17 @@ class VllmEngine(Engine):
             if container:
                 cmd += ["--name", container]
             cmd += ["--shm-size", engine.shm_size or "16g"]
-            for path in paths:
-                cmd += ["-v", f"{path}:{path}"]
-            for mount in mounts:
-                cmd += ["-v", mount]
-            for name, value in sorted(env.items()):
-                cmd += ["-e", f"{name}={value}"]
+            bind, set_env = "-v", "-e"
+        else:
+            cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
+            bind, set_env = "--bind", "--env"
+        for mount in [f"{path}:{path}" for path in paths] + mounts:
+            cmd += [bind, mount]
+        for name, value in sorted(env.items()):
+            cmd += [set_env, f"{name}={value}"]
+        if engine.launcher == "podman-hpc":
             for name in SECRET_ENV:
                 cmd += ["-e", name]  # passed through by name: the value never shows
-            return [*cmd, image, *inner]
-        cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
-        for path in paths:
-            cmd += ["--bind", f"{path}:{path}"]
-        for mount in mounts:
-            cmd += ["--bind", mount]
-        for name, value in sorted(env.items()):
-            cmd += ["--env", f"{name}={value}"]
         return [*cmd, image, *inner]
 
     def command(

@@ -83,6 +83,12 @@ def profile_images(profile: Profile) -> dict[str, str]:
         tag, ref = engine.mode_image(mode), engine.mode_ref(mode)
         if tag is None:
             continue
+        if ref is None:
+            raise ArtifactError(
+                f"image {tag} has no vLLM ref to build: set engine.vllm_ref or the mode's",
+                path=profile.path,
+                where=f"field 'modes.{name}'",
+            )
         if images.setdefault(tag, ref) != ref:
             raise ArtifactError(
                 f"image {tag} is given two vLLM refs ({images[tag]} and {ref}); "
@@ -205,9 +211,21 @@ def snapshot(hf: Path, hub_id: str) -> tuple[Path | None, str | None, list[str]]
     return folder, commit, missing
 
 
+def model_hub_id(engine: VllmEngine) -> str:
+    """The model's hub id: the weights come from the Hugging Face hub."""
+    hub_id = engine.profile.model.hub_id
+    if not hub_id:
+        raise ArtifactError(
+            "the vLLM install downloads the weights from the hub: set model.hub_id",
+            path=engine.profile.path,
+            where="field 'model.hub_id'",
+        )
+    return hub_id
+
+
 def download_argv(engine: VllmEngine, hf: Path) -> list[str]:
     launcher = engine.profile.engine.launcher
-    hub_id = engine.profile.model.hub_id
+    hub_id = model_hub_id(engine)
     if launcher == "bare":
         return [sys.executable, "-c", DOWNLOAD, hub_id]
     image = str(engine.profile.engine.image)
@@ -231,36 +249,37 @@ def download_argv(engine: VllmEngine, hf: Path) -> list[str]:
 
 def install_weights(engine: VllmEngine, out: Path) -> dict:
     model = engine.profile.model
+    hub_id = model_hub_id(engine)
     hf = hf_home(engine)
-    folder, commit, missing = snapshot(hf, model.hub_id)
+    folder, commit, missing = snapshot(hf, hub_id)
     if missing:
         if not os.environ.get(TOKEN_ENV):
             raise ArtifactError(
-                f"{model.hub_id} is not complete in the Hugging Face cache {hf} (missing "
+                f"{hub_id} is not complete in the Hugging Face cache {hf} (missing "
                 f"{missing[0]}) and downloading it needs a token: the model is gated; accept "
                 f"its terms on huggingface.co and `export {TOKEN_ENV}=...` (it is passed by "
                 "name, never printed), then rerun the install stage"
             )
         log = out / "logs" / "weights.log"
-        console.print(f"  weights: downloading {model.hub_id} into {hf} (log {log})")
+        console.print(f"  weights: downloading {hub_id} into {hf} (log {log})")
         hf.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HF_HOME=str(hf))
-        run_logged(download_argv(engine, hf), log, f"downloading {model.hub_id}", env=env)
-        folder, commit, missing = snapshot(hf, model.hub_id)
+        run_logged(download_argv(engine, hf), log, f"downloading {hub_id}", env=env)
+        folder, commit, missing = snapshot(hf, hub_id)
         if missing:
             raise StageFailed(
-                f"{model.hub_id}: the download finished but {missing[0]} is missing from "
+                f"{hub_id}: the download finished but {missing[0]} is missing from "
                 f"the cache; see {log}"
             )
     else:
-        console.print(f"  weights: {model.hub_id} complete in {hf}, reused")
+        console.print(f"  weights: {hub_id} complete in {hf}, reused")
     assert folder is not None
     files = {p.name: p.stat().st_size for p in sorted(folder.glob("*.safetensors"))}
     return {
         "model_dir": str(folder),
         "name": model.name,
         "source": model.source,
-        "hub_id": model.hub_id,
+        "hub_id": hub_id,
         "revision": REVISION,
         "commit": commit,
         "hf_home": str(hf),

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from artifact.core.errors import ArtifactError
+from artifact.study.cards import card_hardware, card_mode_claims, read_card
+from artifact.study.traces import parse_trace_name, trace_dir_of_log
 
 # --- what vLLM prints ---------------------------------------------------------------------
 
@@ -439,14 +439,7 @@ class Expectation:
         return asdict(self)
 
 
-STUDY_DIR = re.compile(
-    r"vllm(?P<engine>TP|EP)(?P<size>\d+)-[^\[]*\[(?P<mode>[A-Za-z0-9]+)_(?P<seqs>\d+)_"
-    r"(?P<tokens>\d+)(?:_(?P<eplb>eplbon|eplboff))?\]"
-)
-CARD_MODE_CLAIM = re.compile(r"(?P<family>Baseline|DefaultAll2All)\s*\((?P<claim>[^)]*)\)", re.I)
-
-
-def _kernel_from_words(words: str) -> str | None:
+def kernel_from_words(words: str) -> str | None:
     lowered = words.lower()
     if "flashinfer" in lowered:
         return FLASHINFER
@@ -462,89 +455,13 @@ def family_of(prov: LogProvenance) -> str:
     return "baseline"
 
 
-def read_card(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError("workload card not found", path=path) from None
-    except yaml.YAMLError as exc:
-        raise ArtifactError(f"not valid YAML: {str(exc).splitlines()[0]}", path=path) from None
-    if not isinstance(data, dict):
-        raise ArtifactError("a workload card must be a YAML mapping", path=path)
-    return data
-
-
-def card_description(card: dict) -> str:
-    return " ".join(str(card.get("description", "")).split())
-
-
 def card_family_claims(card: dict) -> dict[str, tuple[str, str]]:
     """family -> (kernel, words) for cards naming kernels per mode, e.g. 'Baseline (Triton MoE)'."""
     claims = {}
-    for match in CARD_MODE_CLAIM.finditer(card_description(card)):
-        family = "baseline" if match.group("family").lower() == "baseline" else "all2all"
-        kernel = _kernel_from_words(match.group("claim"))
-        if kernel:
-            claims[family] = (kernel, f"{match.group('family')} ({match.group('claim')})")
+    for family, claim, words in card_mode_claims(card):
+        if kernel := kernel_from_words(claim):
+            claims[family] = (kernel, words)
     return claims
-
-
-def card_hardware(card: dict) -> str | None:
-    xpu = (((card.get("workload") or {}).get("hardware") or {}).get("xpu_spec")) or {}
-    model = xpu.get("model")
-    return str(model) if model else None
-
-
-def expectation_from_study_dir(run_dir: Path) -> Expectation | None:
-    """The mode a directory of the original study's trace collection claims to be.
-
-    The name carries engine, mode and limits (`...vllmEP4-...[defaultall2all_32_8192_eplbon]`);
-    the workload card beside it may add a kernel claim ('Baseline (Triton MoE)') and the EPLB
-    setting.
-    """
-    match = STUDY_DIR.search(run_dir.name)
-    if not match:
-        return None
-    size = int(match.group("size"))
-    expert = match.group("engine") == "EP"
-    exp = Expectation(
-        name=match.group("mode") + (f"_{match.group('eplb')}" if match.group("eplb") else ""),
-        source=f"directory name {run_dir.name}",
-        tensor_parallel_size=1 if expert else size,
-        data_parallel_size=size if expert else 1,
-        enable_expert_parallel=expert,
-        enable_eplb=match.group("eplb") == "eplbon",
-        all2all_backend="default" if expert else None,
-        max_num_seqs=int(match.group("seqs")),
-        max_num_batched_tokens=int(match.group("tokens")),
-    )
-    cards = sorted(run_dir.glob("*.yaml")) + sorted(run_dir.glob("*.yml"))
-    if cards:
-        card = read_card(cards[0])
-        exp.source += f" and card {cards[0].name}"
-        words = card_description(card)
-        family = "all2all" if expert else "baseline"
-        claims = card_family_claims(card)
-        if family in claims:
-            exp.moe_kernel, exp.moe_kernel_claim = claims[family]
-        elif kernel := _kernel_from_words(words):
-            exp.moe_kernel, exp.moe_kernel_claim = kernel, words
-        # The directory name is the claim; a card that disagrees with it is noted, not used.
-        ep_card = (card.get("Model-executor") or {}).get("expert_parallel") or {}
-        if "eplb" in ep_card and bool(ep_card["eplb"]) != exp.enable_eplb:
-            exp.notes.append(
-                f"card {cards[0].name} says eplb: {ep_card['eplb']}, the directory name claims "
-                f"EPLB {'on' if exp.enable_eplb else 'off'}"
-            )
-        if hw := card_hardware(card):
-            exp.gpu_model = hw
-    return exp
-
-
-def study_run_dir(log: Path) -> Path:
-    """`<run>/logs/x.log` -> `<run>`."""
-    return log.parent.parent if log.parent.name == "logs" else log.parent
 
 
 def expectation_from_mode(profile, mode_name: str, limits=None) -> Expectation:
@@ -766,8 +683,8 @@ def sweep_flags(runs: list[dict]) -> list[str]:
 
 
 def run_name(log: Path) -> str:
-    parent = study_run_dir(log)
-    return parent.name if parent != log.parent or STUDY_DIR.search(parent.name) else log.name
+    parent = trace_dir_of_log(log)
+    return parent.name if parent != log.parent or parse_trace_name(parent.name) else log.name
 
 
 def analyse(
@@ -788,7 +705,9 @@ def analyse(
         prov = parse_log(log)
         exp: Expectation | None = None
         if expect == "auto":
-            exp = expectation_from_study_dir(study_run_dir(log))
+            from artifact.study.expectation import expectation_from_study_dir
+
+            exp = expectation_from_study_dir(trace_dir_of_log(log))
             if exp is None:
                 raise ArtifactError(
                     "--expect auto needs the original study's layout "

@@ -17,6 +17,8 @@ This module needs numpy only (no torch), so the CLI can import it anywhere.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, read_json
 from artifact.routing.format import RoutingLog
-from artifact.routing.readers import find_gate_log_runs, read_gate_log_run, routing_blocks
+from artifact.routing.readers import routing_blocks
+from artifact.study.gate_logs import find_gate_log_runs, read_gate_log_run
 
 FORMAT = "moe-expert-loads"
 VERSION = 1
@@ -107,7 +110,8 @@ def _from_blocks(name: str, origin: Path, top_k: int, parts: list[tuple[str, np.
 
 def _routing_logs(name: str, path: Path, files: list[Path]) -> LoadSource:
     parts: list[tuple[str, np.ndarray]] = []
-    top_k = width = None
+    top_k: int | None = None
+    width: int | None = None
     for file in files:
         log = RoutingLog(file)
         if top_k is None:
@@ -120,7 +124,7 @@ def _routing_logs(name: str, path: Path, files: list[Path]) -> LoadSource:
             )
         run = file.relative_to(path).as_posix() if file != path else file.name
         parts += [(run, block) for block in routing_blocks(log)]
-    if top_k is None or not parts:
+    if not parts or top_k is None:
         raise ArtifactError("routing logs hold no records", path=path)
     return _from_blocks(name, path, top_k, parts)
 
@@ -131,6 +135,16 @@ def _gate_logs(name: str, path: Path, top_k: int) -> LoadSource:
         run = read_gate_log_run(run_dir)
         parts += [(run_dir.name, block) for block in run.blocks]
     return _from_blocks(name, path, top_k, parts)
+
+
+def fingerprint(path: Path) -> str:
+    """A replay source's identity for the stages' freshness check: names, sizes and mtimes of
+    the files under path (cheap; logs can be large)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    listing = [
+        (str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    ]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def read_loads_file(path: Path) -> list[LoadSource]:
@@ -195,6 +209,17 @@ def read_sources(spec: str, *, top_k: int = 2) -> list[LoadSource]:
     return [_gate_logs(name, path, top_k)]
 
 
+def save_sources(path: Path, sources: list[LoadSource]) -> None:
+    """Write the loads file and say what is in it."""
+    write_loads_file(path, sources)
+    for s in sources:
+        console.print(
+            f"{s.name}: {len(s)} rows, top-{s.top_k} of {s.num_experts} experts, "
+            f"tokens per row {int(s.num_tokens.min())}..{int(s.num_tokens.max())}"
+        )
+    console.print(f"wrote {path}")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources",
@@ -221,11 +246,5 @@ def run_tool(args: argparse.Namespace) -> int:
         raise ArtifactError(f"source names repeat ({', '.join(names)}); name them NAME=PATH")
     if args.max_rows is not None:
         sources = [s.subsample(args.max_rows, args.seed) for s in sources]
-    write_loads_file(args.out, sources)
-    for s in sources:
-        console.print(
-            f"{s.name}: {len(s)} steps, top-{s.top_k} of {s.num_experts} experts, "
-            f"tokens per step {int(s.num_tokens.min())}..{int(s.num_tokens.max())}"
-        )
-    console.print(f"wrote {args.out}")
+    save_sources(args.out, sources)
     return 0

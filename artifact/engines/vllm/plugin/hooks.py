@@ -121,8 +121,13 @@ class Recorder:
             self.layers = layers
             self.layer_index = {name: i for i, (name, _) in enumerate(layers)}
 
+    def moe_layers(self) -> list[tuple[str, Any]]:
+        if self.layers is None:
+            raise RuntimeError("the MoE layers are not discovered yet")
+        return self.layers
+
     def num_experts(self) -> int:
-        module = self.layers[0][1]
+        module = self.moe_layers()[0][1]
         for attr in ("logical_num_experts", "global_num_experts", "num_experts"):
             value = getattr(module, attr, None)
             if isinstance(value, int) and value > 0:
@@ -131,7 +136,7 @@ class Recorder:
 
     def expert_map(self) -> list[int] | None:
         """Local -> global expert ids of this rank (None when it holds every expert)."""
-        emap = getattr(self.layers[0][1], "expert_map", None)
+        emap = getattr(self.moe_layers()[0][1], "expert_map", None)
         if emap is None:
             return None
         values = [int(v) for v in emap.tolist()]
@@ -150,14 +155,17 @@ class Recorder:
             self._poll_locked()
 
     def _poll_locked(self) -> None:
+        control_path = self.control_path
+        if control_path is None:
+            return
         try:
-            stat = self.control_path.stat()
+            stat = control_path.stat()
         except FileNotFoundError:
             return
         if (stat.st_mtime_ns, stat.st_ino) == self._mtime:
             return
         try:
-            control = json.loads(self.control_path.read_text())
+            control = json.loads(control_path.read_text())
         except (OSError, json.JSONDecodeError):
             return  # half-written: the next poll sees the renamed file
         self._mtime = (stat.st_mtime_ns, stat.st_ino)
@@ -171,7 +179,8 @@ class Recorder:
 
     def _open(self, control: dict) -> None:
         path = rank_log_path(Path(control["path"]), self.dp_rank)
-        names = tuple(name for name, _ in self.layers)
+        layers = self.moe_layers()
+        names = tuple(name for name, _ in layers)
         meta = dict(control.get("meta") or {})
         meta.update(
             {
@@ -184,14 +193,15 @@ class Recorder:
                 else "whole batch",
             }
         )
+        expert_map = self.expert_map()
         header = RoutingHeader(
             num_experts=self.num_experts(),
-            top_k=int(getattr(self.layers[0][1], "top_k", 2)),
+            top_k=int(getattr(layers[0][1], "top_k", 2)),
             num_layers=len(names),
             layer_names=names,
             rank=self.dp_rank,
             world_size=self.dp_size,
-            expert_map=tuple(self.expert_map()) if self.expert_map() is not None else None,
+            expert_map=None if expert_map is None else tuple(expert_map),
             source=f"moe-artifact vllm plugin (vllm {_vllm_version()})",
             meta=meta,
         )
@@ -205,9 +215,10 @@ class Recorder:
         self._pending = None
 
     def _close(self) -> None:
-        if self.writer is None:
+        writer, path = self.writer, self.writer_path
+        if writer is None or path is None:
             return
-        self.writer.close()
+        writer.close()
         stats = {
             "rank": self.dp_rank,
             "steps": self.step,
@@ -216,7 +227,7 @@ class Recorder:
             "tokens": dict(self.tokens),
             "warnings": self.warnings[:10],
         }
-        done = self.writer_path.with_name(self.writer_path.name + ".done")
+        done = path.with_name(path.name + ".done")
         tmp = done.with_name(done.name + ".tmp")
         tmp.write_text(json.dumps(stats, sort_keys=True))
         os.replace(tmp, done)
@@ -247,7 +258,7 @@ class Recorder:
         local.depth -= 1
         if local.depth > 0:
             return
-        writer = getattr(local, "writer", None)
+        writer: RoutingWriter | None = getattr(local, "writer", None)
         rows = local.rows
         local.writer, local.rows = None, {}
         if writer is None:
@@ -447,9 +458,13 @@ def install(fused_moe_cls: Any = None, runner_cls: Any = None) -> None:
     if _installed:
         return
     if fused_moe_cls is None:
-        from vllm.model_executor.layers.fused_moe.layer import FusedMoE as fused_moe_cls
+        from vllm.model_executor.layers.fused_moe.layer import FusedMoE
+
+        fused_moe_cls = FusedMoE
     if runner_cls is None:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as runner_cls
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        runner_cls = GPUModelRunner
     rec = recorder()  # the wrappers look the recorder up per call (tests reset it)
 
     original_select = inspect.getattr_static(fused_moe_cls, "select_experts")

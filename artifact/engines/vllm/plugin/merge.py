@@ -17,14 +17,17 @@ import numpy as np
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_open
-from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingLog
+from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingLog, odd_header
 
 RANK_FILE = re.compile(r"\.rank(\d+)$")
 
 
 def rank_log_paths(path: Path) -> list[Path]:
-    found = [p for p in path.parent.glob(f"{path.name}.rank*") if RANK_FILE.search(p.name)]
-    return sorted(found, key=lambda p: int(RANK_FILE.search(p.name).group(1)))
+    ranks = {}
+    for p in path.parent.glob(f"{path.name}.rank*"):
+        if match := RANK_FILE.search(p.name):
+            ranks[p] = int(match.group(1))
+    return sorted(ranks, key=ranks.__getitem__)
 
 
 def merge_rank_logs(path: Path, rank_files: list[Path] | None = None) -> dict:
@@ -35,17 +38,11 @@ def merge_rank_logs(path: Path, rank_files: list[Path] | None = None) -> dict:
         raise ArtifactError("no rank routing logs to merge", path=path)
     logs = [RoutingLog(p) for p in rank_files]
     first = logs[0].header
-    for log in logs[1:]:
-        h = log.header
-        if (h.num_experts, h.top_k, h.layer_names) != (
-            first.num_experts,
-            first.top_k,
-            first.layer_names,
-        ):
-            raise ArtifactError(
-                f"rank logs disagree on experts/top-k/layers with {rank_files[0].name}",
-                path=log.path,
-            )
+    if odd := odd_header(logs, ("num_experts", "top_k", "layer_names")):
+        raise ArtifactError(
+            f"rank logs disagree on experts/top-k/layers with {rank_files[0].name}",
+            path=odd.path,
+        )
     ranks = []
     for log, rank_file in zip(logs, rank_files, strict=True):
         done = rank_file.with_name(rank_file.name + ".done")
