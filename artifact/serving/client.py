@@ -41,10 +41,9 @@ import numpy as np
 from artifact import __version__
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, read_jsonl
+from artifact.core.records import FORMAT, FORMAT_VERSION
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
-    FORMAT,
-    FORMAT_VERSION,
     parse_goodput,
     parse_percentiles,
     summarize,
