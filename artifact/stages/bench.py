@@ -325,7 +325,7 @@ class BenchStage(Stage):
                         server = engine.start(unit.mode, unit.limits, server_dir.server_log)
                         server_key = key
                         capabilities = self._warm_up(server, unit)
-                        provenance = self._provenance(engine, server, unit)
+                        provenance = self._provenance(engine, server, unit, server_dir.provenance)
                         write_record(server_dir.provenance, provenance)
                     runs += self._run_unit(
                         server, capabilities, unit, unit.folder(layout), provenance, replayer
@@ -344,11 +344,11 @@ class BenchStage(Stage):
         )
 
     @staticmethod
-    def _provenance(engine, server, unit: Unit) -> Provenance:
-        """The live server's provenance, checked against the profile."""
+    def _provenance(engine, server, unit: Unit, path: Path) -> Provenance:
+        """The live server's provenance (to be written to `path`), checked against the profile."""
         provenance = server.provenance()
         check_provenance(engine, unit.mode, unit.limits, provenance)
-        return validate_record(provenance, Provenance, f"{unit.key}: the server's provenance")
+        return validate_record(provenance, Provenance, path, "the engine did not report it")
 
     def _profile_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
         """One pass of the unit's prompts on its own server under `nsys profile`.
@@ -362,7 +362,7 @@ class BenchStage(Stage):
         server = engine.start(unit.mode, unit.limits, log, nsys_report=report)
         try:
             capabilities = self._warm_up(server, unit)
-            provenance = self._provenance(engine, server, unit)
+            provenance = self._provenance(engine, server, unit, folder.provenance)
             result = asyncio.run(
                 run_benchmark(
                     bench_config(server.base_url, server.model_id, unit.bench),
