@@ -24,6 +24,7 @@ from pathlib import Path
 RUN_LABEL = "run"  # measured runs: run.repNN.json and run.repNN.routing
 PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
 UNIT_RECORD = "unit.json"
+PROVENANCE = "provenance.json"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class UnitDir:
 
     @property
     def provenance(self) -> Path:
-        return self.path / "provenance.json"
+        return self.path / PROVENANCE
 
     @property
     def server_log(self) -> Path:
@@ -136,6 +137,10 @@ class RunLayout:
     def bench_unit_records(self) -> list[Path]:
         """Every finished timed unit's `unit.json`, in path order."""
         return sorted(self.stage("bench").rglob(UNIT_RECORD))
+
+    def bench_provenances(self) -> list[Path]:
+        """Every bench server's `provenance.json` (a mode's, a sweep unit's, a profiled pass's)."""
+        return sorted(self.stage("bench").rglob(PROVENANCE))
 
     def bench_reports(self) -> list[Path]:
         """Every nsys report of the profiled passes."""

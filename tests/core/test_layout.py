@@ -83,10 +83,12 @@ def test_unit_folders(tmp_path):
         / "server.kernels.csv"
     )
 
-    for path in (unit.record, unit.result(RUN_LABEL, 0), unit.routing(RUN_LABEL, 0), report):
+    files = (unit.record, unit.result(RUN_LABEL, 0), unit.routing(RUN_LABEL, 0), report)
+    for path in (*files, unit.provenance, profile.provenance):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
     assert run.bench_unit_records() == [unit.record]
+    assert run.bench_provenances() == [profile.provenance, unit.provenance]
     assert run.bench_reports() == [report]
     assert run.has_routing_logs()
     assert unit.runs() == [unit.result(RUN_LABEL, 0), unit.routing(RUN_LABEL, 0)]
