@@ -9,16 +9,16 @@ lock (Slurm array tasks may share a run directory) and written atomically.
 from __future__ import annotations
 
 import fcntl
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from artifact.core.errors import ArtifactError
-from artifact.core.io import atomic_write_json, sha256_file
+from artifact.core.io import sha256_file
+from artifact.core.layout import RunLayout
+from artifact.core.records import Manifest, StageRecord, read_record, write_record
 
-MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
 
@@ -46,63 +46,71 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.layout = RunLayout(self.path)
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / MANIFEST_NAME
+        return self.layout.manifest
 
     def stage_dir(self, stage: str) -> Path:
-        return self.path / stage
+        return self.layout.stage(stage)
+
+    def manifest(self) -> Manifest:
+        if not self.manifest_path.exists():
+            return Manifest(schema_version=SCHEMA_VERSION, stages={})
+        return read_record(
+            self.manifest_path,
+            Manifest,
+            hint="move it away to start the run directory afresh",
+        )
+
+    def stage_record(self, stage: str) -> StageRecord | None:
+        return self.manifest().stages.get(stage)
 
     def read(self) -> dict:
-        if not self.manifest_path.exists():
-            return {"schema": SCHEMA_VERSION, "stages": {}}
-        try:
-            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(
-                f"manifest is corrupt ({exc}); move it away to start the run directory afresh",
-                path=self.manifest_path,
-            ) from None
-        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-            raise ArtifactError("manifest has no 'stages' mapping", path=self.manifest_path)
-        return data
+        """The manifest as written (for readers of plain JSON)."""
+        return self.manifest().model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def record(self, stage: str) -> dict | None:
-        return self.read()["stages"].get(stage)
+        """A stage's record as written (for readers of plain JSON)."""
+        record = self.stage_record(stage)
+        return None if record is None else record.model_dump(mode="json", exclude_unset=True)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".manifest.lock", "w") as lock:
+        with open(self.layout.manifest_lock, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def update(self, stage: str, **fields) -> dict:
+    def update(self, stage: str, **fields) -> StageRecord:
         """Merge `fields` into the stage's record and write the manifest atomically."""
         with self._locked():
-            data = self.read()
-            record = data["stages"].setdefault(stage, {})
-            record.update(fields)
-            atomic_write_json(self.manifest_path, data)
+            data = self.manifest()
+            old = data.stages.get(stage)
+            merged = old.model_dump(exclude_unset=True) if old else {}
+            merged.update(fields)
+            record = StageRecord.model_validate(merged)
+            data.stages[stage] = record
+            write_record(self.manifest_path, data)
             return record
 
     def set_profile(self, name: str, path: str | None) -> None:
         with self._locked():
-            data = self.read()
-            previous = data.get("profile")
+            data = self.manifest()
+            previous = data.profile
             if previous and previous != name:
                 raise ArtifactError(
                     f"run directory belongs to profile '{previous}', not '{name}'; "
                     "pick another --run-dir",
                     path=self.path,
                 )
-            data["profile"] = name
-            data["profile_path"] = path
-            atomic_write_json(self.manifest_path, data)
+            data.profile = name
+            data.profile_path = path
+            write_record(self.manifest_path, data)
 
     def outputs_of(self, stages: tuple[str, ...]) -> dict[str, str]:
         """Current content hashes of every file the named stages wrote."""

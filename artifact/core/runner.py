@@ -31,6 +31,7 @@ from artifact.config.profiles import (
 from artifact.core.console import console
 from artifact.core.environment import git_commit, host_info, package_versions
 from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.layout import RunLayout
 from artifact.core.manifest import RunDir, now_iso
 
 # The pipeline, in order. A name without a module yet is reported as not built.
@@ -48,6 +49,10 @@ class StageContext:
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir.stage_dir(name)
+
+    @property
+    def layout(self) -> RunLayout:
+        return self.run_dir.layout
 
 
 @dataclass
@@ -98,15 +103,17 @@ def _inputs(stage: Stage, ctx: StageContext) -> dict[str, str]:
 
 def _check_upstream(stage: Stage, ctx: StageContext, selection: list[str] | None) -> None:
     for up in (*stage.upstream, *stage.requires):
-        record = ctx.run_dir.record(up)
-        if not record or record.get("status") != "complete":
+        record = ctx.run_dir.stage_record(up)
+        if record is None or record.status != "complete":
             raise ArtifactError(
                 f"stage '{stage.name}' needs stage '{up}' to be complete first; "
                 f"run `moe-artifact {up}` (or `nox -s {up}`)",
                 path=ctx.run_dir.manifest_path,
             )
-        done = record.get("experiments")
-        missing = [e for e in selection or () if done is not None and e not in done]
+        done = record.experiments
+        if done is None:  # not a per-experiment stage
+            continue
+        missing = [e for e in selection or () if e not in done]
         if missing:
             raise ArtifactError(
                 f"stage '{stage.name}' needs stage '{up}' to have run experiment(s) "
@@ -124,14 +131,16 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
     _check_upstream(stage, ctx, selection)
     inputs = _inputs(stage, ctx)
     profile_hash = ctx.profile.section_hash(*stage.profile_sections)
-    record = run_dir.record(stage.name) or {}
-    unchanged = record.get("inputs") == inputs and record.get("profile_hash") == profile_hash
-    done = list(record.get("experiments") or [])
+    record = run_dir.stage_record(stage.name)
+    unchanged = (
+        record is not None and record.inputs == inputs and record.profile_hash == profile_hash
+    )
+    done = list(record.experiments or []) if record else []
     covered = selection is None or set(selection) <= set(done)
-    if record.get("status") == "complete" and unchanged and covered and not ctx.force:
+    if record and record.status == "complete" and unchanged and covered and not ctx.force:
         what = f" for {', '.join(selection)}" if selection else ""
         console.print(
-            f"[green]{stage.name}[/]: up to date{what} (completed {record.get('end')}, inputs "
+            f"[green]{stage.name}[/]: up to date{what} (completed {record.end}, inputs "
             "and profile unchanged); skipped. Use --force to redo it."
         )
         return "skipped"
@@ -142,7 +151,7 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         done = []
     elif ctx.force:
         stage.clear(ctx, selection)
-    elif record.get("status") in ("running", "failed"):
+    elif record and record.status in ("running", "failed"):
         console.print(f"[yellow]{stage.name}[/]: resuming an unfinished run")
     elif not covered:
         console.print(

@@ -14,9 +14,10 @@ import numpy as np
 
 from artifact import __version__
 from artifact.core.io import atomic_write_json
+from artifact.core.records import FORMAT, FORMAT_VERSION
 from artifact.serving.config import BenchConfig, PromptSpec
 from artifact.serving.request import RequestRecord, ServerCapabilities
-from artifact.serving.results import FORMAT, FORMAT_VERSION, summarize
+from artifact.serving.results import summarize
 
 BACKENDS = {"/v1/completions": "openai", "/v1/chat/completions": "openai-chat"}
 # Keys of `server_info` the metrics tool reads to describe a run (all optional).

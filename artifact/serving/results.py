@@ -36,16 +36,13 @@ import numpy as np
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
+from artifact.core.records import FORMAT, ResultFile, validate_record
 
-FORMAT = "moe-artifact-bench"
-FORMAT_VERSION = 1
 METRICS = ("ttft", "tpot", "itl", "e2el")
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 REL_TOL = 1e-9
 SUMMARY_KEY = re.compile(r"^(mean|median|std|p(\d+(?:\.\d+)?))_(ttft|tpot|itl|e2el)_ms$")
-# Per-request arrays every vLLM result file has.
-VLLM_ARRAYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors")
 
 
 def percentile_word(p: float) -> str:
@@ -172,76 +169,16 @@ def close(a: float, b: float, rel: float = REL_TOL) -> bool:
 # --- reading and checking files ---------------------------------------------------------------
 
 
-def _field_error(path: Path, key: str, what: str) -> ArtifactError:
-    return ArtifactError(what, path=path, where=f"field '{key}'")
-
-
-def _numbers(data: dict, key: str, path: Path, *, integer: bool = False) -> list:
-    values = data[key]
-    kinds = (int,) if integer else (int, float)
-    if not isinstance(values, list) or not all(
-        isinstance(v, kinds) and not isinstance(v, bool) for v in values
-    ):
-        kind = "integers" if integer else "numbers"
-        raise _field_error(path, key, f"expected a list of {kind}")
-    return values
-
-
-def check_result(data: Any, path: str | Path) -> dict:
-    """Validate the shape of a vLLM-format result (ours or vLLM's); return it unchanged."""
-    path = Path(path)
-    if not isinstance(data, dict):
-        raise ArtifactError(
-            f"expected a JSON object (a benchmark result), got {type(data).__name__}", path=path
-        )
-    missing = [k for k in ("duration", "completed", *VLLM_ARRAYS) if k not in data]
-    if missing:
-        raise ArtifactError(
-            f"not a serving-benchmark result: no {', '.join(repr(k) for k in missing)}", path=path
-        )
-    duration = data["duration"]
-    if not isinstance(duration, int | float) or isinstance(duration, bool) or not duration > 0:
-        raise _field_error(path, "duration", f"expected a positive number, got {duration!r}")
-    _numbers(data, "input_lens", path, integer=True)
-    _numbers(data, "output_lens", path, integer=True)
-    _numbers(data, "ttfts", path)
-    itls = data["itls"]
-    if not isinstance(itls, list) or not all(
-        isinstance(row, list) and all(isinstance(v, int | float) for v in row) for row in itls
-    ):
-        raise _field_error(path, "itls", "expected a list of lists of numbers")
-    if not all(isinstance(e, str) for e in data["errors"]):
-        raise _field_error(path, "errors", "expected a list of strings")
-    n = len(data["errors"])
-    for key in VLLM_ARRAYS:
-        if len(data[key]) != n:
-            raise _field_error(path, key, f"has {len(data[key])} entries, 'errors' has {n}")
-    if is_ours(data):
-        if "e2els" not in data:
-            raise _field_error(path, "e2els", "missing (every moe-artifact result has it)")
-        _numbers(data, "e2els", path)
-        for key in ("e2els", "output_lens_usage", "output_lens_retokenized"):
-            values = data.get(key, [None] * n)
-            if not isinstance(values, list) or len(values) != n:
-                raise _field_error(path, key, f"expected a list of {n} entries, one per request")
-    return data
-
-
 def is_ours(data: dict) -> bool:
     return data.get("format") == FORMAT
 
 
 def load_result(path: str | Path) -> dict:
-    """Read and shape-check one result file; any problem is one ArtifactError line."""
+    """Read and shape-check one result file (artifact.core.records.ResultFile); any problem
+    is one ArtifactError line. Returns the file's JSON as read."""
     path = Path(path)
     data = read_json(path)
-    check_result(data, path)
-    if is_ours(data) and data.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{FORMAT} version {data.get('format_version')!r} is not supported "
-            f"(this artifact reads version {FORMAT_VERSION})",
-            path=path,
-        )
+    validate_record(data, ResultFile, path)
     return data
 
 

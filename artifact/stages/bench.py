@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,23 +40,28 @@ from artifact.config.profiles import BenchSpec, Profile, selected_experiments
 from artifact.config.profiles import Engine as EngineSpec
 from artifact.core.console import console, progress_bar
 from artifact.core.errors import StageFailed
-from artifact.core.io import atomic_write_json, read_json
+from artifact.core.layout import PROFILE_LABEL, RUN_LABEL, RunLayout, UnitDir
+from artifact.core.records import (
+    DatasetMetadata,
+    ProfileRecord,
+    Provenance,
+    ResultFile,
+    UnitRecord,
+    UnitRun,
+    read_record,
+    validate_record,
+    write_record,
+)
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.engines.base import ServerLimits, get_engine, log_tail
 from artifact.routing.format import layer_totals
 from artifact.serving.config import BenchConfig, load_prompts
 from artifact.serving.probe import probe_server
 from artifact.serving.request import ServerCapabilities
-from artifact.serving.result_file import result_filename, write_result
+from artifact.serving.result_file import result_to_vllm_json
 from artifact.serving.run import new_session, run_benchmark
-from artifact.stages.datasets import EPLB_PROMPTS, SWEEP_PROMPTS
 from artifact.stages.install import installed_model_dir
 from artifact.stages.serve import check_provenance
-
-RUN_LABEL = "run"  # result files are run.repNN.json, routing logs run.repNN.routing
-PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
-PROFILE_DIR = "profile"  # the profiled pass's folder inside its timed unit's
-NSYS_REPORT = "server.nsys-rep"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +76,18 @@ class Unit:
 
     @property
     def key(self) -> str:
+        """The timed unit's folder under bench/ (a profiled pass's is inside it)."""
         tail = {"config_sweep": self.limits.label, "imbalance": self.dataset}.get(self.experiment)
-        key = "/".join(part for part in (self.experiment, self.mode, tail) if part)
-        return f"{key}/{PROFILE_DIR}" if self.profiled else key
+        return "/".join(part for part in (self.experiment, self.mode, tail) if part)
+
+    def folder(self, layout: RunLayout) -> UnitDir:
+        timed = layout.bench_unit(self.key)
+        return timed.profile if self.profiled else timed
+
+    def marker(self, layout: RunLayout) -> Path:
+        """The file that says the unit is done (a profiled pass has no measured runs)."""
+        folder = self.folder(layout)
+        return folder.profile_marker if self.profiled else folder.record
 
     def identity(self) -> dict:
         """What a unit's marker file records about it."""
@@ -85,14 +100,10 @@ class Unit:
             "prompts": self.prompts_file.name,
         }
 
-    @property
-    def marker(self) -> str:
-        """The file that says the unit is done (a profiled pass has no measured runs)."""
-        return "profile.json" if self.profiled else "unit.json"
-
 
 def sweep_points(profile: Profile) -> list[ServerLimits]:
     sweep = profile.experiments.config_sweep
+    assert sweep is not None  # asked for a selected experiment only
     if sweep.grid == "full":
         pairs = [(s, t) for s in sweep.max_num_seqs for t in sweep.max_num_batched_tokens]
     else:  # the study's cross through the fixed point
@@ -101,10 +112,10 @@ def sweep_points(profile: Profile) -> list[ServerLimits]:
     return [ServerLimits(s, t) for s, t in dict.fromkeys(pairs)]
 
 
-def chosen_datasets(metadata: dict, count: int | str) -> list[str]:
+def chosen_datasets(metadata: DatasetMetadata, count: int | str) -> list[str]:
     """File names of `count` datasets spread evenly over the score range (all with 'all')."""
-    files = [d["file"] for d in sorted(metadata["datasets"], key=lambda d: d["score"])]
-    if count == "all" or count >= len(files):
+    files = [d.file for d in sorted(metadata.datasets, key=lambda d: d.score)]
+    if isinstance(count, str) or count >= len(files):  # "all"
         return files
     picks = np.unique(np.round(np.linspace(0, len(files) - 1, int(count))).astype(int))
     return [files[i] for i in picks]
@@ -113,25 +124,26 @@ def chosen_datasets(metadata: dict, count: int | str) -> list[str]:
 def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
     """The units of the named experiments: timed units, then the profiled passes."""
     profile = ctx.profile
-    data_dir = ctx.stage_dir("datasets")
+    layout = ctx.layout
     units: list[Unit] = []
     if "config_sweep" in experiments:
         sweep = profile.experiments.config_sweep
+        assert sweep is not None  # a selected experiment is in the profile
         for mode in sweep.modes:
             for limits in sweep_points(profile):
-                units.append(
-                    Unit("config_sweep", mode, limits, data_dir / SWEEP_PROMPTS, sweep.bench)
-                )
-    ablation = profile.experiments.eplb_ablation
+                units.append(Unit("config_sweep", mode, limits, layout.sweep_prompts, sweep.bench))
+    nsys_ablation = False
     if "eplb_ablation" in experiments:
+        ablation = profile.experiments.eplb_ablation
+        assert ablation is not None
+        nsys_ablation = ablation.nsys
         limits = ServerLimits(ablation.max_num_seqs, ablation.max_num_batched_tokens)
         for mode in ablation.modes:
-            units.append(
-                Unit("eplb_ablation", mode, limits, data_dir / EPLB_PROMPTS, ablation.bench)
-            )
+            units.append(Unit("eplb_ablation", mode, limits, layout.eplb_prompts, ablation.bench))
     if "imbalance" in experiments:
         imbalance = profile.experiments.imbalance
-        metadata = read_json(data_dir / "metadata.json")
+        assert imbalance is not None
+        metadata = read_record(layout.dataset_metadata, DatasetMetadata)
         limits = ServerLimits(imbalance.max_num_seqs, imbalance.max_num_batched_tokens)
         for mode in imbalance.modes:
             for name in chosen_datasets(metadata, imbalance.datasets):
@@ -140,7 +152,7 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
                         "imbalance",
                         mode,
                         limits,
-                        data_dir / name,
+                        layout.dataset(name),
                         imbalance.bench,
                         dataset=Path(name).stem,
                     )
@@ -148,7 +160,7 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
     profiled = [
         dataclasses.replace(u, profiled=True)
         for u in units
-        if profile.modes[u.mode].nsys or (u.experiment == "eplb_ablation" and ablation.nsys)
+        if profile.modes[u.mode].nsys or (u.experiment == "eplb_ablation" and nsys_ablation)
     ]
     return units + profiled
 
@@ -168,24 +180,24 @@ def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
     )
 
 
-def server_info(unit: Unit, provenance: dict) -> dict:
+def server_info(unit: Unit, provenance: Provenance) -> dict:
     """What a result file records about the server and the unit it measured."""
     return {
-        "engine": provenance.get("engine"),
-        "engine_version": (provenance.get("versions") or {}).get(provenance.get("engine")),
+        "engine": provenance.engine,
+        "engine_version": provenance.versions.get(provenance.engine),
         "mode": unit.mode,
         "max_num_seqs": unit.limits.max_num_seqs,
         "max_num_batched_tokens": unit.limits.max_num_batched_tokens,
-        "experts_implementation": provenance.get("experts_implementation"),
+        "experts_implementation": provenance.experts_implementation,
         "experiment": unit.experiment,
         "dataset": unit.dataset,
     }
 
 
-def check_routing_totals(routing: Path, result: dict, top_k: int) -> dict:
+def check_routing_totals(routing: Path, result: ResultFile, top_k: int) -> dict:
     """Every layer's counts sum to top_k x (prompt tokens + generated tokens fed back)."""
-    usage_in = result["input_lens_usage"]
-    usage_out = result["output_lens_usage"]
+    usage_in = result.get("input_lens_usage")
+    usage_out = result.get("output_lens_usage")
     if any(v is None for v in usage_in + usage_out):
         raise StageFailed(
             f"{routing}: the server reported no usage for some request; "
@@ -193,7 +205,7 @@ def check_routing_totals(routing: Path, result: dict, top_k: int) -> dict:
         )
     processed = sum(
         i + max(o - 1, 0)
-        for i, o, e in zip(usage_in, usage_out, result["errors"], strict=True)
+        for i, o, e in zip(usage_in, usage_out, result.errors, strict=True)
         if not e
     )
     per_layer = layer_totals(routing).sum(axis=1)
@@ -220,7 +232,7 @@ class Replayer:
     def __init__(self, model_dir: Path, out_dir: Path, engine: EngineSpec, dtype: str):
         self.model_dir, self.out_dir, self.dtype = model_dir, out_dir, dtype
         self.device, self.tolerance = engine.device, engine.replay_tolerance
-        self._model = None
+        self._model: tuple[Any, Any] | None = None  # (model, tokenizer), loaded on first use
 
     def prompt_counts(
         self, implementation: str, prompts_file: Path, texts: list[str]
@@ -261,21 +273,21 @@ class BenchStage(Stage):
         if experiments is None:
             return super().clear(ctx, None)
         for name in experiments:
-            shutil.rmtree(ctx.stage_dir(self.name) / name, ignore_errors=True)
+            shutil.rmtree(ctx.layout.bench_experiment(name), ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         experiments = selected_experiments(ctx.profile)
         units = plan_units(ctx, experiments)
         if not units:
             return StageOutcome(summary="no experiment enabled in the profile")
-        out = ctx.stage_dir(self.name)
+        layout = ctx.layout
         engine = get_engine(ctx.profile, installed_model_dir(ctx))
         replayer = None
         if ctx.profile.engine.kind == "transformers":
             replayer = Replayer(
-                engine.model_dir, out / "replay", ctx.profile.engine, ctx.profile.model.dtype
+                engine.model_dir, layout.replay_cache, ctx.profile.engine, ctx.profile.model.dtype
             )
-        todo = [u for u in units if not (out / u.key / u.marker).exists()]
+        todo = [u for u in units if not u.marker(layout).exists()]
         if len(todo) < len(units):
             console.print(
                 f"  bench: {len(units) - len(todo)} of {len(units)} units already done, resuming"
@@ -290,7 +302,7 @@ class BenchStage(Stage):
                         if server is not None:
                             server.stop()
                             server = None
-                        self._profile_unit(engine, unit, out / unit.key)
+                        self._profile_unit(engine, unit, unit.folder(layout))
                         profiles += 1
                         bar.advance(task)
                         continue
@@ -303,17 +315,16 @@ class BenchStage(Stage):
                     if server is None or key != server_key:
                         if server is not None:
                             server.stop()
-                        server_dir = out / unit.experiment / unit.mode
+                        server_dir = layout.bench_unit(f"{unit.experiment}/{unit.mode}")
                         if unit.experiment == "config_sweep":
-                            server_dir = out / unit.key
-                        server = engine.start(unit.mode, unit.limits, server_dir / "server.log")
+                            server_dir = unit.folder(layout)
+                        server = engine.start(unit.mode, unit.limits, server_dir.server_log)
                         server_key = key
                         capabilities = self._warm_up(server, unit)
-                        provenance = server.provenance()
-                        check_provenance(engine, unit.mode, unit.limits, provenance)
-                        atomic_write_json(server_dir / "provenance.json", provenance)
+                        provenance = self._provenance(engine, server, unit, server_dir.provenance)
+                        write_record(server_dir.provenance, provenance)
                     runs += self._run_unit(
-                        server, capabilities, unit, out / unit.key, provenance, replayer
+                        server, capabilities, unit, unit.folder(layout), provenance, replayer
                     )
                     bar.advance(task)
         finally:
@@ -328,26 +339,32 @@ class BenchStage(Stage):
             + (" and offline replay" if replayer is not None else "")
         )
 
-    def _profile_unit(self, engine, unit: Unit, unit_dir: Path) -> None:
+    @staticmethod
+    def _provenance(engine, server, unit: Unit, path: Path) -> Provenance:
+        """The live server's provenance (to be written to `path`), checked against the profile."""
+        provenance = server.provenance()
+        check_provenance(engine, unit.mode, unit.limits, provenance)
+        return validate_record(provenance, Provenance, path, "the engine did not report it")
+
+    def _profile_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
         """One pass of the unit's prompts on its own server under `nsys profile`.
 
         The report is written when the profiled server exits, so the server is stopped
         gracefully before the report is looked for."""
-        shutil.rmtree(unit_dir, ignore_errors=True)  # partial output of an interrupted pass
-        report = unit_dir / NSYS_REPORT
-        log = unit_dir / "server.log"
+        shutil.rmtree(folder.path, ignore_errors=True)  # partial output of an interrupted pass
+        report = folder.nsys_report
+        log = folder.server_log
         prompts = load_prompts(unit.prompts_file)
         server = engine.start(unit.mode, unit.limits, log, nsys_report=report)
         try:
             capabilities = self._warm_up(server, unit)
-            provenance = server.provenance()
-            check_provenance(engine, unit.mode, unit.limits, provenance)
+            provenance = self._provenance(engine, server, unit, folder.provenance)
             result = asyncio.run(
                 run_benchmark(
                     bench_config(server.base_url, server.model_id, unit.bench),
                     prompts,
                     label=PROFILE_LABEL,
-                    server_info={**server_info(unit, provenance), "nsys_report": NSYS_REPORT},
+                    server_info={**server_info(unit, provenance), "nsys_report": report.name},
                     capabilities=capabilities,
                 )
             )
@@ -359,23 +376,27 @@ class BenchStage(Stage):
                 f"{report}: no nsys report after the profiled server stopped (exit code "
                 f"{code}); last lines of {log}:\n{log_tail(log)}"
             )
-        path = write_result(result, unit_dir)
-        completed = read_json(path)["completed"]
+        path = folder.result(PROFILE_LABEL, result.repetition)
+        completed = self._write_result(result, path).completed
         if completed != len(prompts):
             raise StageFailed(
                 f"{path}: only {completed} of {len(prompts)} profiled requests completed"
             )
-        atomic_write_json(unit_dir / "provenance.json", provenance)
-        atomic_write_json(
-            unit_dir / unit.marker,
-            {
-                **unit.identity(),
-                "report": NSYS_REPORT,
-                "report_bytes": report.stat().st_size,
-                "result": path.name,
-                "completed": completed,
-            },
+        write_record(folder.provenance, provenance)
+        marker = ProfileRecord(
+            **unit.identity(),
+            report=report.name,
+            report_bytes=report.stat().st_size,
+            result=path.name,
+            completed=completed,
         )
+        write_record(folder.profile_marker, marker)
+
+    @staticmethod
+    def _write_result(result, path: Path) -> ResultFile:
+        record = validate_record(result_to_vllm_json(result), ResultFile, path)
+        write_record(path, record)
+        return record
 
     def _warm_up(self, server, unit: Unit) -> ServerCapabilities:
         """Probe what the server accepts and send the warm-up requests, before any capture."""
@@ -404,22 +425,22 @@ class BenchStage(Stage):
         server,
         capabilities: ServerCapabilities,
         unit: Unit,
-        unit_dir: Path,
-        provenance: dict,
+        folder: UnitDir,
+        provenance: Provenance,
         replayer: Replayer | None,
     ) -> int:
-        if unit_dir.exists() and unit.experiment == "imbalance":
-            shutil.rmtree(unit_dir)  # partial output of an interrupted unit
+        if folder.path.exists() and unit.experiment == "imbalance":
+            shutil.rmtree(folder.path)  # partial output of an interrupted unit
         else:
-            for stale in unit_dir.glob(f"{RUN_LABEL}.rep*"):
+            for stale in folder.runs(RUN_LABEL):
                 stale.unlink()
-        unit_dir.mkdir(parents=True, exist_ok=True)
+        folder.path.mkdir(parents=True, exist_ok=True)
         prompts = load_prompts(unit.prompts_file)
         config = bench_config(server.base_url, server.model_id, unit.bench)
         info = server_info(unit, provenance)
         runs = []
         for rep in range(unit.bench.repeat):
-            routing = (unit_dir / result_filename(RUN_LABEL, rep)).with_suffix(".routing")
+            routing = folder.routing(RUN_LABEL, rep)
             server.start_routing(routing, meta={"unit": unit.key, "repetition": rep})
             try:
                 result = asyncio.run(
@@ -435,18 +456,20 @@ class BenchStage(Stage):
             finally:
                 server.check_alive(f"{unit.key} repetition {rep}")
                 stats = server.stop_routing()
-            path = write_result(result, unit_dir)
-            data = read_json(path)
-            if data["completed"] != len(prompts):
+            path = folder.result(RUN_LABEL, rep)
+            data = self._write_result(result, path)
+            if data.completed != len(prompts):
                 raise StageFailed(
-                    f"{path}: only {data['completed']} of {len(prompts)} requests "
-                    f"completed; first error: {next(e for e in data['errors'] if e)}"
+                    f"{path}: only {data.completed} of {len(prompts)} requests "
+                    f"completed; first error: {next(e for e in data.errors if e)}"
                 )
-            totals = check_routing_totals(routing, data, provenance["top_k"])
+            totals = check_routing_totals(routing, data, provenance.top_k)
             replay_ok, mismatch = None, None
             if replayer is not None:
+                implementation = provenance.experts_implementation
+                assert implementation is not None  # the transformers engine reports it
                 expected = replayer.prompt_counts(
-                    provenance["experts_implementation"],
+                    implementation,
                     unit.prompts_file,
                     [p.text for p in prompts],
                 )
@@ -468,23 +491,17 @@ class BenchStage(Stage):
                         f"{got.sum(1).tolist()} vs {expected.sum(1).tolist()} (must be equal)"
                     )
             runs.append(
-                {
-                    "repetition": rep,
-                    "result": path.name,
-                    "routing": routing.name,
-                    "capture": stats,
+                UnitRun(
+                    repetition=rep,
+                    result=path.name,
+                    routing=routing.name,
+                    capture=stats,
                     **totals,
-                    "replay_match": replay_ok,
-                    "replay_mismatch": mismatch,
-                }
+                    replay_match=replay_ok,
+                    replay_mismatch=mismatch,
+                )
             )
-        atomic_write_json(
-            unit_dir / "unit.json",
-            {
-                **unit.identity(),
-                "runs": runs,
-            },
-        )
+        write_record(folder.record, UnitRecord(**unit.identity(), runs=runs))
         return len(runs)
 
 

@@ -16,15 +16,14 @@ from importlib import resources
 import numpy as np
 
 from artifact.core.console import track
-from artifact.core.io import atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from artifact.core.io import atomic_write_text, sha256_bytes, sha256_file
+from artifact.core.records import DatasetEntry, DatasetMetadata, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.workload.corpus import CORPUS_FILE, build, candidate_pool, fixed_prompts, select_even
 from artifact.workload.predictor import FEATURE_WEIGHTS, ImbalancePredictor
 from artifact.workload.tokenizer import tokenizer_path
 
 GENERATOR_VERSION = 1
-SWEEP_PROMPTS = "sweep_prompts.jsonl"
-EPLB_PROMPTS = "eplb_prompts.jsonl"
 
 
 def dataset_filename(index: int, score: float) -> str:
@@ -61,7 +60,7 @@ class DatasetsStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = ctx.profile.datasets
-        out = ctx.stage_dir(self.name)
+        layout = ctx.layout
         predictor = ImbalancePredictor()
         pool = candidate_pool(spec.seed)
         built, scored = [], []
@@ -75,63 +74,61 @@ class DatasetsStage(Stage):
             prediction = scored[ci]
             filename = dataset_filename(index, prediction.score)
             text = to_jsonl(built[ci])
-            target = out / filename
+            target = layout.dataset(filename)
             if not (target.exists() and target.read_text(encoding="utf-8") == text):
                 atomic_write_text(target, text)
             entries.append(
-                {
-                    "index": index,
-                    "file": filename,
-                    "family": pool[ci].family,
-                    "strategy": pool[ci].strategy,
-                    "params": pool[ci].params,
-                    "seed": pool[ci].seed,
-                    "n_samples": len(built[ci]),
-                    "score": prediction.score,
-                    "score_str": f"{prediction.score:.4f}",
-                    "components": prediction.components,
-                    "raw_metrics": prediction.raw_metrics,
-                    "sha256": sha256_bytes(text.encode("utf-8")),
-                }
+                DatasetEntry(
+                    index=index,
+                    file=filename,
+                    family=pool[ci].family,
+                    strategy=pool[ci].strategy,
+                    params=pool[ci].params,
+                    seed=pool[ci].seed,
+                    n_samples=len(built[ci]),
+                    score=prediction.score,
+                    score_str=f"{prediction.score:.4f}",
+                    components=prediction.components,
+                    raw_metrics=prediction.raw_metrics,
+                    sha256=sha256_bytes(text.encode("utf-8")),
+                )
             )
         # Files of an earlier, different selection would confuse readers: remove them.
-        keep = {e["file"] for e in entries}
-        for stale in out.glob("[0-9]*.jsonl"):
+        keep = {e.file for e in entries}
+        for stale in layout.dataset_files():
             if stale.name not in keep:
                 stale.unlink()
-        scores = np.array([e["score"] for e in entries])
+        scores = np.array([e.score for e in entries])
         gaps = np.diff(scores) if len(scores) > 1 else np.array([0.0])
-        metadata = {
-            "generator_version": GENERATOR_VERSION,
-            "seed": spec.seed,
-            "prompts_per_dataset": spec.prompts_per_dataset,
-            "n_datasets": len(entries),
-            "candidates_scored": len(pool),
-            "weights": dict(FEATURE_WEIGHTS),
-            "score_range": [float(scores.min()), float(scores.max())],
-            "score_span": float(scores.max() - scores.min()),
-            "max_gap": float(gaps.max()),
-            "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()),
-            "datasets": entries,
-        }
-        atomic_write_json(out / "metadata.json", metadata)
+        metadata = DatasetMetadata(
+            generator_version=GENERATOR_VERSION,
+            seed=spec.seed,
+            prompts_per_dataset=spec.prompts_per_dataset,
+            n_datasets=len(entries),
+            candidates_scored=len(pool),
+            weights=dict(FEATURE_WEIGHTS),
+            score_range=[float(scores.min()), float(scores.max())],
+            score_span=float(scores.max() - scores.min()),
+            max_gap=float(gaps.max()),
+            score_mean=float(scores.mean()),
+            score_std=float(scores.std()),
+            datasets=entries,
+        )
+        write_record(layout.dataset_metadata, metadata)
         experiments = ctx.profile.experiments
-        for exp, filename, name in (
-            (experiments.config_sweep, SWEEP_PROMPTS, "sweep"),
-            (experiments.eplb_ablation, EPLB_PROMPTS, "eplb"),
+        for exp, path, name in (
+            (experiments.config_sweep, layout.sweep_prompts, "sweep"),
+            (experiments.eplb_ablation, layout.eplb_prompts, "eplb"),
         ):
             if exp is not None and exp.enabled:
-                atomic_write_text(
-                    out / filename, to_jsonl(fixed_prompts(exp.prompts, spec.seed, name))
-                )
+                atomic_write_text(path, to_jsonl(fixed_prompts(exp.prompts, spec.seed, name)))
         return StageOutcome(
             summary=(
                 f"{len(entries)} datasets of {spec.prompts_per_dataset} prompts, scores "
                 f"{scores.min():.3f}-{scores.max():.3f} (span {scores.max() - scores.min():.3f},"
                 f" largest gap {gaps.max():.4f}), from {len(pool)} candidates"
             ),
-            details={"score_span": metadata["score_span"], "max_gap": metadata["max_gap"]},
+            details={"score_span": metadata.score_span, "max_gap": metadata.max_gap},
         )
 
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifact.core.console import console, track
-from artifact.core.io import atomic_write_json, atomic_write_text, read_json
+from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.layout import UnitDir
+from artifact.core.records import DatasetMetadata, ResultFile, UnitRecord, read_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.routing.aggregate import analyze_routing_log
 from artifact.routing.correlation import correlation_table
 from artifact.routing.tables import csv_text, write_run_tables
-from artifact.stages.bench import NSYS_REPORT, PROFILE_DIR
 
 PERF_KEYS = (
     "completed",
@@ -80,55 +81,51 @@ def correlations(rows: list[dict], measures: tuple[str, ...]) -> list[dict]:
 
 def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
     """(row with the run's identity and performance, routing log) per measured run."""
-    bench = ctx.stage_dir("bench")
-    scores = {
-        Path(d["file"]).stem: d["score"]
-        for d in read_json(ctx.stage_dir("datasets") / "metadata.json")["datasets"]
-    }
+    layout = ctx.layout
+    bench = layout.stage("bench")
+    scores = read_record(layout.dataset_metadata, DatasetMetadata).scores()
     out = []
-    for unit_file in sorted(bench.rglob("unit.json")):
-        unit = read_json(unit_file)
-        for run in unit["runs"]:
-            result = read_json(unit_file.parent / run["result"])
-            unit_name = unit_file.parent.relative_to(bench).as_posix()
+    for record in layout.bench_unit_records():
+        unit = read_record(record, UnitRecord)
+        folder = UnitDir(record.parent)
+        for run in unit.runs:
+            result_path = folder.path / run.result
+            result = read_record(result_path, ResultFile, "rerun `moe-artifact bench --force`")
             row = {
-                "run": f"{unit_name}/rep{run['repetition']:02d}",
-                "experiment": unit["experiment"],
-                "mode": unit["mode"],
-                "max_num_seqs": unit["max_num_seqs"],
-                "max_num_batched_tokens": unit["max_num_batched_tokens"],
-                "dataset": unit["dataset"] or "",
-                "predicted_score": scores.get(unit["dataset"]) if unit["dataset"] else None,
-                "repetition": run["repetition"],
-                "result": (unit_file.parent / run["result"])
-                .relative_to(ctx.run_dir.path)
-                .as_posix(),
-                "mean_input_tokens": result["total_input_tokens"] / max(result["completed"], 1),
+                "run": f"{folder.path.relative_to(bench).as_posix()}/rep{run.repetition:02d}",
+                "experiment": unit.experiment,
+                "mode": unit.mode,
+                "max_num_seqs": unit.max_num_seqs,
+                "max_num_batched_tokens": unit.max_num_batched_tokens,
+                "dataset": unit.dataset or "",
+                "predicted_score": scores.get(unit.dataset) if unit.dataset else None,
+                "repetition": run.repetition,
+                "result": result_path.relative_to(layout.root).as_posix(),
+                "mean_input_tokens": result.get("total_input_tokens") / max(result.completed, 1),
             }
             row.update({k: result.get(k) for k in PERF_KEYS})
             for lat in LATENCIES:
                 for stat in STATS:
                     row[f"{stat}_{lat}_ms"] = result.get(f"{stat}_{lat}_ms")
-            out.append((row, unit_file.parent / run["routing"]))
+            out.append((row, folder.path / run.routing))
     return out
 
 
 def kernel_summaries(ctx: StageContext) -> dict[Path, Path]:
-    """{report path under bench/: its kernel summary CSV} for every nsys report of the run."""
-    bench = ctx.stage_dir("bench")
-    reports = sorted(bench.rglob("*.nsys-rep"))
+    """{report: its kernel summary CSV} for every nsys report of the run."""
+    layout = ctx.layout
+    reports = layout.bench_reports()
     if not reports:
         return {}
     console.print(f"  nsys: {nsys_version()}; {len(reports)} report(s) to summarize")
-    out = ctx.stage_dir("imbalance") / "nsys"
     summaries = {}
     for report in track(reports, "nsys kernel summaries"):
-        rel = report.relative_to(bench)
-        csv_path = out / rel.parent / f"{report.stem}.kernels.csv"
+        rel = report.relative_to(layout.stage("bench"))
+        csv_path = layout.kernel_summary(report)
         if not (csv_path.exists() and csv_path.stat().st_mtime > report.stat().st_mtime):
             name = export_kernel_summary(report, csv_path)
             console.print(f"  {rel}: kernel summary ({name}) -> {csv_path.name}")
-        summaries[rel] = csv_path
+        summaries[report] = csv_path
     return summaries
 
 
@@ -139,8 +136,9 @@ def ablation_table(ctx: StageContext, summaries: dict[Path, Path]) -> dict | Non
         return None
     # EPLB off first (the comparison is "on" relative to "off"), else profile order.
     modes = sorted(ablation.modes, key=lambda m: ctx.profile.modes[m].enable_eplb)
-    csvs = [summaries.get(Path("eplb_ablation", m, PROFILE_DIR, NSYS_REPORT)) for m in modes]
-    if None in csvs:
+    reports = [ctx.layout.bench_unit(f"eplb_ablation/{m}").profile.nsys_report for m in modes]
+    csvs = [summaries[report] for report in reports if report in summaries]
+    if len(csvs) < len(reports):
         return None
     return eplb_table(list(zip(csvs, modes, strict=True)), root=ctx.run_dir.path)
 
@@ -153,7 +151,7 @@ class ImbalanceStage(Stage):
     profile_sections = ("experiments", "modes")
 
     def run(self, ctx: StageContext) -> StageOutcome:
-        out = ctx.stage_dir(self.name)
+        layout = ctx.layout
         rows, results = [], []
         for row, routing in run_rows(ctx):
             analysed = analyze_routing_log(routing, run=row["run"])
@@ -162,19 +160,21 @@ class ImbalanceStage(Stage):
             row["routing_events"] = analysed.events
             row.update({f"imb_{k}": v for k, v in analysed.headline().items()})
             rows.append(row)
-        write_run_tables(out, results)
+        write_run_tables(layout.stage(self.name), results)
         columns = list(rows[0]) if rows else []
-        atomic_write_text(out / "runs.csv", csv_text(rows, columns))
-        atomic_write_json(out / "runs.json", rows)
+        atomic_write_text(layout.imbalance_table("runs", "csv"), csv_text(rows, columns))
+        atomic_write_json(layout.imbalance_table("runs"), rows)
         imbalance_rows = [r for r in rows if r["experiment"] == "imbalance"]
         correlation_rows = correlations(imbalance_rows, IMBALANCE_MEASURES)
         columns = list(correlation_rows[0]) if correlation_rows else []
-        atomic_write_text(out / "correlations.csv", csv_text(correlation_rows, columns))
-        atomic_write_json(out / "correlations.json", correlation_rows)
+        atomic_write_text(
+            layout.imbalance_table("correlations", "csv"), csv_text(correlation_rows, columns)
+        )
+        atomic_write_json(layout.imbalance_table("correlations"), correlation_rows)
         summaries = kernel_summaries(ctx)
         eplb = ablation_table(ctx, summaries)
         if eplb is not None:
-            atomic_write_json(out / "eplb.json", eplb)
+            atomic_write_json(layout.imbalance_table("eplb"), eplb)
         events = sum(r["routing_events"] for r in rows)
         kernels = f", {len(summaries)} nsys kernel summaries" if summaries else ""
         return StageOutcome(

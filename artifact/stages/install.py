@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 from artifact.core.errors import ArtifactError
-from artifact.core.io import atomic_write_json, read_json
+from artifact.core.io import atomic_write_json
+from artifact.core.records import ModelRecord, read_record, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 
 CACHE_ENV = "MOE_ARTIFACT_CACHE"
@@ -30,18 +31,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "moe-artifact"))
 
 
-def model_record_path(ctx: StageContext) -> Path:
-    return ctx.stage_dir("install") / "model.json"
-
-
 def installed_model_dir(ctx: StageContext) -> Path:
     """The model folder the install stage recorded (for later stages)."""
-    record = read_json(model_record_path(ctx))
-    path = Path(record["model_dir"])
+    record = read_record(ctx.layout.model_record, ModelRecord)
+    path = Path(record.model_dir)
     if not path.is_dir():
         raise ArtifactError(
             f"the installed model folder {path} is gone; run `moe-artifact install --force`",
-            path=model_record_path(ctx),
+            path=ctx.layout.model_record,
         )
     return path
 
@@ -57,8 +54,8 @@ class InstallStage(Stage):
         if spec.source == "hub":
             from artifact.engines.vllm.hpc_install import install_hub
 
-            record, summary = install_hub(ctx.profile, ctx.stage_dir(self.name))
-            atomic_write_json(model_record_path(ctx), record)
+            hub, summary = install_hub(ctx.profile, ctx.stage_dir(self.name))
+            write_record(ctx.layout.model_record, ModelRecord.model_validate(hub))
             return StageOutcome(summary=summary)
         from artifact.engines.transformers.seeded_model import build_model, fingerprint
 
@@ -78,17 +75,19 @@ class InstallStage(Stage):
             target.parent.mkdir(parents=True, exist_ok=True)
             files = build_model(spec, target, device=device)
             atomic_write_json(stamp, files)
-        record = {
-            "model_dir": str(target),
-            "name": spec.name,
-            "source": spec.source,
-            "seed": spec.seed,
-            "dtype": spec.dtype,
-            "architecture": spec.architecture,
-            "build_device": device,
-            "files": files,
-        }
-        atomic_write_json(model_record_path(ctx), record)
+        record = ModelRecord.model_validate(
+            {
+                "model_dir": str(target),
+                "name": spec.name,
+                "source": spec.source,
+                "seed": spec.seed,
+                "dtype": spec.dtype,
+                "architecture": spec.architecture,
+                "build_device": device,
+                "files": files,
+            }
+        )
+        write_record(ctx.layout.model_record, record)
         size_mb = sum((target / f).stat().st_size for f in files) / 2**20
         how = "reused from cache" if reused else "built"
         return StageOutcome(

@@ -159,9 +159,8 @@ class KernelsStage(Stage):
         if args.replay is not None:
             return list(args.replay)
         specs = []
-        bench = ctx.stage_dir("bench")
-        if bench.is_dir() and any(bench.rglob("*.routing")):
-            specs.append(f"ours={bench}")
+        if ctx.layout.has_routing_logs():
+            specs.append(f"ours={ctx.layout.stage('bench')}")
         study = os.environ.get(STUDY_ENV)
         if study:
             for name, sub in STUDY_GATE_LOGS.items():

@@ -67,9 +67,8 @@ class ParallelStage(Stage):
         if args.replay is not None:
             return list(args.replay)
         specs = []
-        bench = ctx.stage_dir("bench")
-        if bench.is_dir() and any(bench.rglob("*.routing")):
-            specs.append(f"ours={bench}")
+        if ctx.layout.has_routing_logs():
+            specs.append(f"ours={ctx.layout.stage('bench')}")
         return specs
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
@@ -86,7 +85,7 @@ class ParallelStage(Stage):
                 inputs[f"replay:{path}"] = fingerprint(path)
         return inputs
 
-    def _replay_file(self, ctx: StageContext, out: Path, shape) -> Path | None:
+    def _replay_file(self, ctx: StageContext, shape) -> Path | None:
         """The default replay sources of the layer's shape, written into one loads file."""
         from artifact.gpu.kernels.loads import read_sources, write_loads_file
         from artifact.study.parallel_loads import study_sources
@@ -104,7 +103,7 @@ class ParallelStage(Stage):
         sources = [s for s in sources if (s.num_experts, s.top_k) == (shape.experts, shape.top_k)]
         if not sources:
             return None
-        path = out / "replay_loads.json"
+        path = ctx.layout.parallel_replay_loads
         write_loads_file(path, sources)
         return path
 
@@ -135,7 +134,7 @@ class ParallelStage(Stage):
         argv = to_argv(args)
         kinds = {k.strip() for k in args.routings.split(",")}
         if args.replay is None and kinds & {"all", "replay"}:
-            replay = self._replay_file(ctx, out, checked.shape)
+            replay = self._replay_file(ctx, checked.shape)
             if replay is not None:
                 argv += ["--replay", str(replay)]
         command = [
@@ -153,22 +152,23 @@ class ParallelStage(Stage):
         ]
         env = {**os.environ, **MULTICAST_OFF}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        summary_path = out / "summary.json"
+        summary_path = ctx.layout.parallel_summary
         summary_path.unlink(missing_ok=True)
         console.print(f"parallel: {' '.join(command[2:])}", soft_wrap=True)
         with (
-            open(out / "torchrun.log", "w", encoding="utf-8") as log,
+            open(ctx.layout.parallel_log, "w", encoding="utf-8") as log,
             subprocess.Popen(
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             ) as proc,
         ):
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:  # to the terminal as it comes, and to the log
                 log.write(line)
                 sys.stderr.write(line)
         if not summary_path.exists():
             raise StageFailed(
                 f"torchrun exited with status {proc.returncode} before the benchmark finished; "
-                f"log: {out / 'torchrun.log'}"
+                f"log: {ctx.layout.parallel_log}"
             )
         summary = read_json(summary_path)
         if "error" in summary:

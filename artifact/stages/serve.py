@@ -18,7 +18,7 @@ import urllib.request
 from artifact.config.profiles import selected_experiments
 from artifact.core.console import console
 from artifact.core.errors import StageFailed
-from artifact.core.io import atomic_write_json
+from artifact.core.records import Limits, ServeProvenance, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.engines.base import ServerLimits, get_engine
 from artifact.stages.install import installed_model_dir
@@ -69,32 +69,36 @@ class ServeStage(Stage):
         if experiments is None:
             return super().clear(ctx, None)
         for mode in experiment_modes(ctx.profile, experiments):
-            shutil.rmtree(ctx.stage_dir(self.name) / mode, ignore_errors=True)
+            shutil.rmtree(ctx.layout.serve_mode(mode).path, ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         engine = get_engine(ctx.profile, installed_model_dir(ctx))
         limits = reference_limits(ctx.profile)
         modes = experiment_modes(ctx.profile, selected_experiments(ctx.profile))
         for mode in modes:
-            out = ctx.stage_dir(self.name) / mode
-            if (out / "provenance.json").exists():
+            out = ctx.layout.serve_mode(mode)
+            if out.provenance.exists():
                 continue  # finished unit of an interrupted run
             t0 = time.perf_counter()
-            with engine.start(mode, limits, out / "server.log") as server:
+            with engine.start(mode, limits, out.server_log) as server:
                 startup_s = time.perf_counter() - t0
                 reply = smoke_completion(server.base_url, server.model_id)
                 provenance = server.provenance()
             check_provenance(engine, mode, limits, provenance)
-            provenance["startup_seconds"] = round(startup_s, 3)
-            provenance["smoke_usage"] = reply.get("usage")
-            provenance["limits"] = {
-                "max_num_seqs": limits.max_num_seqs,
-                "max_num_batched_tokens": limits.max_num_batched_tokens,
-            }
-            atomic_write_json(out / "provenance.json", provenance)
+            record = ServeProvenance.model_validate(
+                {
+                    **provenance,
+                    "startup_seconds": round(startup_s, 3),
+                    "smoke_usage": reply.get("usage"),
+                    "limits": Limits(
+                        max_num_seqs=limits.max_num_seqs,
+                        max_num_batched_tokens=limits.max_num_batched_tokens,
+                    ),
+                }
+            )
+            write_record(out.provenance, record)
             console.print(
-                f"  {mode}: healthy in {startup_s:.1f} s, runs "
-                f"{provenance.get('experts_implementation')}"
+                f"  {mode}: healthy in {startup_s:.1f} s, runs {record.experts_implementation}"
             )
         return StageOutcome(summary=f"{len(modes)} modes served and checked: {', '.join(modes)}")
 

@@ -132,7 +132,14 @@ def write_routing(path: Path, counts: list[int], steps: int = 1) -> None:
 
 
 def result(ttft: float, tpot: float, throughput: float) -> dict:
+    n = 4  # requests, with the per-request arrays of vLLM's schema
     return {
+        "input_lens": [25] * n,
+        "output_lens": [16] * n,
+        "ttfts": [ttft / 1000] * n,
+        "itls": [[tpot / 1000] * 15] * n,
+        "generated_texts": [""] * n,
+        "errors": [""] * n,
         "completed": 4,
         "num_prompts": 4,
         "duration": 64 / throughput,
@@ -162,6 +169,11 @@ def write_unit(bench: Path, key: str, unit: dict, runs: list[tuple[dict, list[in
                 "repetition": rep,
                 "result": f"run.rep{rep:02d}.json",
                 "routing": f"run.rep{rep:02d}.routing",
+                "capture": {},
+                "processed_tokens": TOKENS_PER_STEP,
+                "assignments_per_layer": TOP_K * TOKENS_PER_STEP,
+                "replay_match": None,
+                "replay_mismatch": None,
             }
         )
     (folder / "unit.json").write_text(json.dumps({**unit, "runs": entries}))
@@ -182,8 +194,8 @@ def build_run_dir(root: Path, profile: Path) -> Path:
     rd.set_profile("local", str(profile))
     datasets = run / "datasets"
     datasets.mkdir(parents=True)
-    meta = [{"file": f"{i + 1:03d}_{s:.4f}.jsonl", "score": s} for i, s in enumerate(SCORES)]
-    (datasets / "metadata.json").write_text(json.dumps({"datasets": meta}))
+    meta = [dataset_entry(i + 1, s) for i, s in enumerate(SCORES)]
+    (datasets / "metadata.json").write_text(json.dumps(metadata(meta)))
     rd.update("datasets", status="complete", inputs={})
     bench = run / "bench"
     for mode in MODES:
@@ -223,6 +235,43 @@ def build_run_dir(root: Path, profile: Path) -> Path:
             write_unit(bench, f"imbalance/{mode}/{stem}", unit, runs)
     rd.update("bench", status="complete", inputs={}, host={"gpus": []})
     return run
+
+
+def dataset_entry(index: int, score: float) -> dict:
+    """One entry of datasets/metadata.json (artifact.core.records.DatasetEntry)."""
+    return {
+        "index": index,
+        "file": f"{index:03d}_{score:.4f}.jsonl",
+        "family": "fixture",
+        "strategy": "fixture",
+        "params": {},
+        "seed": index,
+        "n_samples": 4,
+        "score": score,
+        "score_str": f"{score:.4f}",
+        "components": {},
+        "raw_metrics": {},
+        "sha256": "",
+    }
+
+
+def metadata(entries: list[dict]) -> dict:
+    """datasets/metadata.json (artifact.core.records.DatasetMetadata) around the entries."""
+    scores = [d["score"] for d in entries]
+    return {
+        "generator_version": 1,
+        "seed": 0,
+        "prompts_per_dataset": 4,
+        "n_datasets": len(entries),
+        "candidates_scored": len(entries),
+        "weights": {},
+        "score_range": [min(scores), max(scores)],
+        "score_span": max(scores) - min(scores),
+        "max_gap": float(np.diff(scores).max()),
+        "score_mean": float(np.mean(scores)),
+        "score_std": float(np.std(scores)),
+        "datasets": entries,
+    }
 
 
 def write_claims(path: Path, claims: dict | None = None) -> Path:

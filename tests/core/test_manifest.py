@@ -120,7 +120,7 @@ def test_run_dir_is_tied_to_one_profile(ctx, write_profile):
 def test_corrupt_manifest_is_one_clear_error(ctx):
     ctx.run_dir.path.mkdir(parents=True)
     ctx.run_dir.manifest_path.write_text("{not json")
-    with pytest.raises(ArtifactError, match="manifest is corrupt"):
+    with pytest.raises(ArtifactError, match=r"manifest.json: corrupt JSON .*; move it away"):
         run_stage(Producer(), ctx)
 
 

@@ -11,6 +11,7 @@ import pytest
 from artifact.config.profiles import load_profile
 from artifact.core.errors import StageFailed
 from artifact.core.manifest import RunDir
+from artifact.core.records import ResultFile
 from artifact.core.runner import StageContext, run_stage
 from artifact.engines.base import Server
 from artifact.routing.format import layer_totals
@@ -127,9 +128,12 @@ def test_routing_totals_check_catches_a_miscount(tmp_path):
     path = tmp_path / "run.routing"
     with RoutingWriter(path, RoutingHeader(num_experts=8, top_k=2, num_layers=1)) as writer:
         writer.write_step([(0, 0, 0, 5, np.array([2, 2, 2, 2, 2, 0, 0, 0]))])
-    result = {"input_lens_usage": [3], "output_lens_usage": [3], "errors": [""]}
+    fields = {"duration": 1.0, "completed": 1, "input_lens": [3], "output_lens": [3]}
+    fields.update(ttfts=[0.1], itls=[[0.1, 0.1]], generated_texts=["abc"], errors=[""])
+    fields["input_lens_usage"] = [3]
+    result = ResultFile.model_validate({**fields, "output_lens_usage": [3]})
     assert check_routing_totals(path, result, 2)["processed_tokens"] == 5
-    result["output_lens_usage"] = [4]
+    result = ResultFile.model_validate({**fields, "output_lens_usage": [4]})
     with pytest.raises(StageFailed, match="do not all equal top_k x processed tokens"):
         check_routing_totals(path, result, 2)
 

@@ -1,0 +1,199 @@
+"""Every path inside a run directory (`runs/<profile>/`), named here and nowhere else.
+
+```
+manifest.json                      one record per stage (artifact.core.manifest)
+install/model.json, images.json    what the engine serves
+datasets/metadata.json             the suite: one entry per NNN_<score>.jsonl beside it
+datasets/sweep_prompts.jsonl, eplb_prompts.jsonl
+serve/<mode>/provenance.json, server.log
+bench/<experiment>/<mode>/...      a unit folder (UnitDir) per unit; imbalance units share
+                                   their mode's server folder, one level up
+bench/replay/                      offline replays of the prompt sets
+imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
+plots/figures.json, report.md, report.html
+check/claims.json, claims.md
+kernels/, parallel/ (GPU stages: replay_loads.json, summary.json, torchrun.log)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_LABEL = "run"  # measured runs: run.repNN.json and run.repNN.routing
+PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
+UNIT_RECORD = "unit.json"
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class UnitDir:
+    """A folder of one server's files: a serve mode, a bench unit or its profiled pass."""
+
+    path: Path
+
+    @property
+    def record(self) -> Path:
+        """`unit.json`: a timed unit is finished when it exists."""
+        return self.path / UNIT_RECORD
+
+    @property
+    def profile_marker(self) -> Path:
+        """`profile.json`: a profiled pass is finished when it exists."""
+        return self.path / "profile.json"
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / PROVENANCE
+
+    @property
+    def server_log(self) -> Path:
+        return self.path / "server.log"
+
+    @property
+    def nsys_report(self) -> Path:
+        return self.path / "server.nsys-rep"
+
+    @property
+    def profile(self) -> UnitDir:
+        """The profiled pass of this unit, in a folder of its own."""
+        return UnitDir(self.path / "profile")
+
+    def result(self, label: str, repetition: int) -> Path:
+        """A run's result file (vLLM's schema), `<label>.repNN.json`."""
+        return self.path / f"{label}.rep{repetition:02d}.json"
+
+    def routing(self, label: str, repetition: int) -> Path:
+        """The routing log of exactly that run's forward passes."""
+        return self.result(label, repetition).with_suffix(".routing")
+
+    def runs(self, label: str = RUN_LABEL) -> list[Path]:
+        """Every file of the measured runs (results and routing logs)."""
+        return sorted(self.path.glob(f"{label}.rep*"))
+
+
+class RunLayout:
+    """The run directory's paths; see the module docstring for the tree."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def stage(self, name: str) -> Path:
+        """The folder of a stage's outputs."""
+        return self.root / name
+
+    # manifest
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def manifest_lock(self) -> Path:
+        return self.root / ".manifest.lock"
+
+    # install
+    @property
+    def model_record(self) -> Path:
+        return self.stage("install") / "model.json"
+
+    @property
+    def images_record(self) -> Path:
+        return self.stage("install") / "images.json"
+
+    # datasets
+    @property
+    def dataset_metadata(self) -> Path:
+        return self.stage("datasets") / "metadata.json"
+
+    def dataset(self, filename: str) -> Path:
+        """A dataset file, by the name metadata.json gives it."""
+        return self.stage("datasets") / filename
+
+    def dataset_files(self) -> list[Path]:
+        """The suite's dataset files now on disk (`NNN_<score>.jsonl`)."""
+        return sorted(self.stage("datasets").glob("[0-9]*.jsonl"))
+
+    @property
+    def sweep_prompts(self) -> Path:
+        return self.stage("datasets") / "sweep_prompts.jsonl"
+
+    @property
+    def eplb_prompts(self) -> Path:
+        return self.stage("datasets") / "eplb_prompts.jsonl"
+
+    # serve
+    def serve_mode(self, mode: str) -> UnitDir:
+        return UnitDir(self.stage("serve") / mode)
+
+    # bench
+    def bench_experiment(self, experiment: str) -> Path:
+        return self.stage("bench") / experiment
+
+    def bench_unit(self, key: str) -> UnitDir:
+        """A unit's folder: `<experiment>/<mode>[/<limits label or dataset>]` under bench/."""
+        return UnitDir(self.stage("bench") / key)
+
+    def bench_unit_records(self) -> list[Path]:
+        """Every finished timed unit's `unit.json`, in path order."""
+        return sorted(self.stage("bench").rglob(UNIT_RECORD))
+
+    def bench_provenances(self) -> list[Path]:
+        """Every bench server's `provenance.json` (a mode's, a sweep unit's, a profiled pass's)."""
+        return sorted(self.stage("bench").rglob(PROVENANCE))
+
+    def bench_reports(self) -> list[Path]:
+        """Every nsys report of the profiled passes."""
+        return sorted(self.stage("bench").rglob("*.nsys-rep"))
+
+    def has_routing_logs(self) -> bool:
+        bench = self.stage("bench")
+        return bench.is_dir() and any(bench.rglob("*.routing"))
+
+    @property
+    def replay_cache(self) -> Path:
+        return self.stage("bench") / "replay"
+
+    # imbalance
+    def imbalance_table(self, name: str, ext: str = "json") -> Path:
+        """`imbalance/<name>.<ext>`: runs, correlations, per_layer, ..., eplb."""
+        return self.stage("imbalance") / f"{name}.{ext}"
+
+    def kernel_summary(self, report: Path) -> Path:
+        """The CUDA kernel summary of an nsys report under bench/ (`nsys stats`)."""
+        rel = report.relative_to(self.stage("bench"))
+        return self.stage("imbalance") / "nsys" / rel.parent / f"{report.stem}.kernels.csv"
+
+    # plots and check
+    @property
+    def figures(self) -> Path:
+        return self.stage("plots") / "figures.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.stage("plots") / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.stage("plots") / "report.html"
+
+    @property
+    def claims_json(self) -> Path:
+        return self.stage("check") / "claims.json"
+
+    @property
+    def claims_md(self) -> Path:
+        return self.stage("check") / "claims.md"
+
+    # GPU stages
+    @property
+    def parallel_replay_loads(self) -> Path:
+        return self.stage("parallel") / "replay_loads.json"
+
+    @property
+    def parallel_summary(self) -> Path:
+        return self.stage("parallel") / "summary.json"
+
+    @property
+    def parallel_log(self) -> Path:
+        return self.stage("parallel") / "torchrun.log"
