@@ -19,7 +19,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
+PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "check", "plots")
 
 nox.options.sessions = ["reproduce"]
 nox.options.reuse_venv = "yes"

@@ -1,12 +1,17 @@
-"""The claims table: on the terminal (rich), as Markdown (report, claims.md) and as JSON."""
+"""The claims table: on the terminal (rich), as Markdown (report, claims.md) and as JSON
+(`check/claims.json`, written by the check stage and read back by the report)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from artifact.checker.evaluate import VERDICTS, ClaimResult, counts
+from artifact.core.errors import ArtifactError
+from artifact.core.io import read_json
 
 STYLE = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow", "XFAIL": "magenta"}
 
@@ -70,3 +75,29 @@ def payload(results: list[ClaimResult], **meta: Any) -> dict:
         "passed": not any(r.verdict == "FAIL" for r in results),
         "claims": [r.to_json() for r in results],
     }
+
+
+@dataclass
+class Verdicts:
+    """What the report needs of `check/claims.json`."""
+
+    claims: list[ClaimResult]
+    findings: list[dict[str, Any]]
+    hardware: str
+
+
+def read_verdicts(path: Path) -> Verdicts:
+    data = read_json(path)
+    field = "claims"
+    try:
+        claims = [ClaimResult(**c) for c in data["claims"]]
+        field = "findings"
+        findings = list(data["findings"])
+        field = "hardware"
+        return Verdicts(claims, findings, str(data["hardware"]))
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"not a claims file of the check stage: field '{field}' ({exc}); rerun "
+            "`moe-artifact check`",
+            path=path,
+        ) from None

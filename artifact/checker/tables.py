@@ -1,7 +1,8 @@
 """The run directory's tidy tables, by name, as lists of row dicts (read once, lazily).
 
 - runs, correlations, per_layer, summary, expert_loads, legacy, default_vs_legacy:
-  `imbalance/<name>.json`;
+  `imbalance/<name>.json` (`study-import/<name>.json` in a run directory of the study's
+  data, here and below);
 - datasets: `datasets/metadata.json`, one row per dataset (`index`: its rank by score,
   `name`: its file stem);
 - provenance: `imbalance/provenance.json` (a study run directory), else one row per
@@ -66,10 +67,12 @@ class RunTables:
     def __init__(self, run_dir: str | Path):
         self.run_dir = RunDir(run_dir)
         self.path = self.run_dir.path
+        # A run directory of the study's data has its tables from the study-import stage.
+        self.tables_stage = "study-import" if self.run_dir.record("study-import") else "imbalance"
         self._cache: dict[str, list[dict]] = {}
 
     def _imbalance(self, name: str) -> Path:
-        return self.path / "imbalance" / f"{name}.json"
+        return self.path / self.tables_stage / f"{name}.json"
 
     def has(self, name: str) -> bool:
         try:
@@ -88,7 +91,7 @@ class RunTables:
             path = self._imbalance(name)
             if not path.exists():
                 raise ArtifactError(
-                    f"no table '{name}': {path} is missing (run the imbalance stage)"
+                    f"no table '{name}': {path} is missing (run the {self.tables_stage} stage)"
                 )
             rows = read_json(path)
         elif name == "datasets":
