@@ -12,8 +12,10 @@ from pathlib import Path
 
 from artifact.checker.evaluate import VERDICTS, ClaimResult, counts, evaluate
 from artifact.checker.output import (
+    CLAIMS_COLUMNS,
     Verdicts,
-    markdown_table,
+    claims_markdown,
+    claims_rows,
     payload,
     read_verdicts,
     rich_table,
@@ -38,18 +40,20 @@ def check_run(
 
 
 __all__ = [
+    "CLAIMS_COLUMNS",
     "VERDICTS",
     "ClaimResult",
     "ClaimsFile",
     "RunTables",
     "Verdicts",
     "check_run",
+    "claims_markdown",
     "claims_path",
+    "claims_rows",
     "counts",
     "evaluate",
     "hardware_id",
     "load_claims",
-    "markdown_table",
     "payload",
     "read_verdicts",
     "rich_table",

@@ -12,6 +12,7 @@ from rich.table import Table
 from artifact.checker.evaluate import VERDICTS, ClaimResult, counts
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
+from artifact.core.tables import markdown_table
 
 STYLE = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow", "XFAIL": "magenta"}
 
@@ -39,33 +40,19 @@ def rich_table(results: list[ClaimResult], title: str = "claims") -> Table:
     return table
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+CLAIMS_COLUMNS = ("claim", "statement", "source", "expected", "observed", "verdict", "reason")
 
 
-def markdown_table(results: list[ClaimResult]) -> str:
-    lines = [
-        "| claim | statement | source | expected | observed | verdict | reason |",
-        "|---|---|---|---|---|---|---|",
+def claims_rows(results: list[ClaimResult]) -> list[tuple[str, ...]]:
+    """The cells of the claims table (Markdown markup: `code`, **bold**), in CLAIMS_COLUMNS."""
+    return [
+        (f"`{r.id}`", r.statement, r.source, r.expected, r.observed, f"**{r.verdict}**", r.reason)
+        for r in results
     ]
-    for r in results:
-        lines.append(
-            "| "
-            + " | ".join(
-                _cell(x)
-                for x in (
-                    f"`{r.id}`",
-                    r.statement,
-                    r.source,
-                    r.expected,
-                    r.observed,
-                    f"**{r.verdict}**",
-                    r.reason,
-                )
-            )
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
+
+
+def claims_markdown(results: list[ClaimResult]) -> str:
+    return markdown_table(claims_rows(results), CLAIMS_COLUMNS)
 
 
 def payload(results: list[ClaimResult], **meta: Any) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifact.checker import ClaimResult, markdown_table, summary_line
+from artifact.checker import CLAIMS_COLUMNS, ClaimResult, claims_rows, summary_line
 from artifact.checker.tables import RunTables
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
@@ -290,7 +290,7 @@ def make_report(
         report.heading(title)
         if section == "Experiment 2" and "table1" in extra:
             report.para("*Table 1: EPLB off vs on, nsys CUDA kernel summary.*")
-            report.markdown_table(extra["table1"])
+            report.pipe_table(extra["table1"])
             if extra.get("table1_note"):
                 report.para(extra["table1_note"])
         if section in extra["skipped"]:
@@ -299,5 +299,5 @@ def make_report(
             report.figure(fig)
     report.heading("Claims")
     report.para(f"{summary_line(claims)} (verdicts of `check/claims.json`).")
-    report.markdown_table(markdown_table(claims))
+    report.table(list(CLAIMS_COLUMNS), claims_rows(claims))
     return report

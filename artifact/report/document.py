@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifact.core.io import atomic_write_text
+from artifact.core.tables import markdown_table
 from artifact.report.figures import Figure
 
 
@@ -35,7 +36,7 @@ class Report:
     def table(self, header: list[str], rows: list[list[object]]) -> None:
         self.blocks.append(("table", (header, rows)))
 
-    def markdown_table(self, text: str) -> None:
+    def pipe_table(self, text: str) -> None:
         """A table already in Markdown (pipe) syntax."""
         header, *rest = [line for line in text.strip().splitlines() if line.strip()]
         cells = [_split_row(header)]
@@ -59,11 +60,8 @@ class Report:
                 out += [f"- {item}" for item in value] + [""]  # type: ignore[union-attr]
             elif kind == "table":
                 header, rows = value  # type: ignore[misc]
-                out.append("| " + " | ".join(_md(h) for h in header) + " |")
-                out.append("|" + "---|" * len(header))
-                for row in rows:
-                    out.append("| " + " | ".join(_md(c) for c in row) + " |")
-                out.append("")
+                cells = [[str(c) for c in row] for row in rows]
+                out += [markdown_table(cells, [str(h) for h in header]).rstrip("\n"), ""]
             elif kind == "figure":
                 fig: Figure = value  # type: ignore[assignment]
                 rel = fig.path.relative_to(base) if fig.path.is_relative_to(base) else fig.path
@@ -115,10 +113,6 @@ class Report:
 def _split_row(line: str) -> list[str]:
     line = line.strip().strip("|")
     return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
-
-
-def _md(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _inline(text: str) -> str:

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure as MplFigure
 from scipy import stats
 
 from artifact.core.io import atomic_write_bytes
+from artifact.core.tables import markdown_table
 from artifact.routing.correlation import correlation
 
 PERF = (
@@ -270,14 +271,16 @@ def eplb_rows(comparison: list[dict]) -> list[dict]:
 
 
 def eplb_markdown(comparison: list[dict], labels: tuple[str, str]) -> str:
-    lines = [
-        f"| kernel metric | {labels[0]} | {labels[1]} | change |",
-        "|---|---:|---:|---:|",
+    rows = [
+        (
+            r["label"],
+            f"{r['a']:,.2f}",
+            f"{r['b']:,.2f}",
+            "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
+        )
+        for r in eplb_rows(comparison)
     ]
-    for r in eplb_rows(comparison):
-        change = "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%"
-        lines.append(f"| {r['label']} | {r['a']:,.2f} | {r['b']:,.2f} | {change} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, ("kernel metric", *labels, "change"), align="lrrr")
 
 
 def _num(v: float) -> str:

@@ -76,8 +76,8 @@ class CheckStage(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         from artifact.checker import (
             check_run,
+            claims_markdown,
             counts,
-            markdown_table,
             payload,
             rich_table,
             summary_line,
@@ -105,7 +105,7 @@ class CheckStage(Stage):
             ),
         )
         md = f"# Claims: {ctx.profile.name}\n\n{summary_line(results)}; hardware `{hardware}`\n\n"
-        md += markdown_table(results)
+        md += claims_markdown(results)
         if found:
             md += "\n## Findings\n\n" + "".join(
                 f"- **{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})\n"

@@ -27,10 +27,11 @@ from pathlib import Path
 from artifact.core.console import console, track
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.routing.aggregate import analyze_routing_log
 from artifact.routing.correlation import correlation_table
-from artifact.routing.tables import csv_text, write_run_tables
+from artifact.routing.tables import write_run_tables
 from artifact.stages.bench import NSYS_REPORT, PROFILE_DIR
 
 PERF_KEYS = (

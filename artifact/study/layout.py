@@ -38,10 +38,11 @@ from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
 from artifact.core.manifest import hash_tree
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table
 from artifact.routing.aggregate import analyze_gate_log_run
 from artifact.routing.readers import Skipped
-from artifact.routing.tables import csv_text, write_run_tables
+from artifact.routing.tables import write_run_tables
 from artifact.serving.metrics import (
     csv_row,
     find_traces,

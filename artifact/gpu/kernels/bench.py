@@ -45,6 +45,7 @@ import torch
 from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.tables import csv_text, markdown_table
 from artifact.gpu.kernels.layer import (
     IMPLEMENTATIONS,
     MoEFn,
@@ -58,7 +59,6 @@ from artifact.gpu.kernels.loads import LoadSource
 from artifact.gpu.kernels.plot import plot_results
 from artifact.gpu.kernels.routing import RoutingSpec, ids_from_loads, routing_weights, scale_loads
 from artifact.routing.measures import ExpertPlacement, max_mean, rank_loads, rank_max_mean
-from artifact.routing.tables import csv_text, markdown_table
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 TP_REPLAY_IMPLS = ("triton", "grouped_mm")
