@@ -1,4 +1,5 @@
-"""The run directory's tidy tables, by name, as lists of row dicts (read once, lazily).
+"""The run directory's tidy tables, by name, as lists of row dicts or as DataFrames (read
+once, lazily, from the JSON copies: they keep what CSV cannot, an int column with gaps, lists).
 
 - runs, correlations, per_layer, summary, expert_loads, legacy, default_vs_legacy:
   `imbalance/<name>.json` (`study-import/<name>.json` in a run directory of the study's
@@ -23,11 +24,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
 from artifact.core.manifest import RunDir
+from artifact.core.tables import frame
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMBALANCE_TABLES = (
     "runs",
@@ -70,6 +75,7 @@ class RunTables:
         # A run directory of the study's data has its tables from the study-import stage.
         self.tables_stage = "study-import" if self.run_dir.record("study-import") else "imbalance"
         self._cache: dict[str, list[dict]] = {}
+        self._frames: dict[str, pd.DataFrame] = {}
 
     def _imbalance(self, name: str) -> Path:
         return self.path / self.tables_stage / f"{name}.json"
@@ -85,6 +91,12 @@ class RunTables:
         if name not in self._cache:
             self._cache[name] = self._load(name)
         return self._cache[name]
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """The table as a DataFrame of the values as stored (for the checker's queries)."""
+        if name not in self._frames:
+            self._frames[name] = frame(self.get(name))
+        return self._frames[name]
 
     def _load(self, name: str) -> list[dict]:
         if name in IMBALANCE_TABLES or name == "log_flags":
