@@ -195,7 +195,7 @@ def run_query(query: Query, tables: RunTables, profile_raw: dict | None = None) 
             deferred[key] = cond
         else:
             conditions[key] = cond
-    mask = table.index.notna()
+    mask = np.ones(len(table), dtype=bool)
     for key, cond in conditions.items():
         mask &= _mask(table[key], cond).to_numpy()
     matched = table[mask]

@@ -135,7 +135,7 @@ class RunTables:
         for path in sorted(bench.rglob("provenance.json")):
             rel = path.parent.relative_to(bench)
             parts = rel.parts
-            row = {"path": rel.as_posix()}
+            row: dict[str, Any] = {"path": rel.as_posix()}
             if parts and parts[0] in ("config_sweep", "imbalance", "eplb_ablation"):
                 row["experiment"] = parts[0]
                 if len(parts) > 1:

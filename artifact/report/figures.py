@@ -357,15 +357,15 @@ def _find_corr(
             and bool(c.get("iqr_filter")) == iqr
         ):
             return c
-    c = correlation(
+    computed = correlation(
         [r.get(x) for r in pts],
         [r.get(y) for r in pts],
         method="spearman",
         iqr=iqr,
         labels=[r.get("run") for r in pts],
     )
-    row = c.to_json()
-    row["removed"] = [f"{i['label']} ({i['variable']})" for i in c.removed]
+    row = computed.to_json()
+    row["removed"] = [f"{i['label']} ({i['variable']})" for i in computed.removed]
     return row
 
 
