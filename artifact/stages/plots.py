@@ -31,7 +31,7 @@ from artifact.stages.check import add_study_options
 
 class PlotsStage(Stage):
     name = "plots"
-    description = "regenerate every figure and table, and report.md / report.html"
+    description = "regenerate every figure and table, and report.md / report.html (check first)"
     upstream: tuple[str, ...] = ("datasets", "bench", "imbalance", "check")
     profile_sections = ("hardware", "modes", "experiments", "expected_results")
 
