@@ -64,7 +64,9 @@ def _equals(column: pd.Series, value: Any) -> pd.Series:
 def _mask(column: pd.Series, cond: Any) -> pd.Series:
     """Rows whose value satisfies `cond`: a value, a list of values, or {op: value}."""
     if isinstance(cond, list):
-        mask = column.map(lambda _: False).astype(bool)
+        import pandas as pd
+
+        mask = pd.Series(False, index=column.index)
         for value in cond:
             mask |= _equals(column, value)
         return mask
