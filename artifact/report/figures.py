@@ -30,7 +30,7 @@ from matplotlib.figure import Figure as MplFigure
 from scipy import stats
 
 from artifact.core.io import atomic_write_bytes
-from artifact.core.tables import markdown_table
+from artifact.core.tables import frame, markdown_table
 from artifact.routing.correlation import correlation
 
 PERF = (
@@ -468,36 +468,21 @@ def imbalance_figure(
 # --- routing views ----------------------------------------------------------------------------
 
 
-def _loads_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
-    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
-    for r in expert_loads:
-        if r.get("phase") == phase and r.get("load") is not None:
-            cells[r["run"]][(r["layer"], r["expert"])] = r["load"]
-    out = {}
-    for run, values in cells.items():
-        layers = max(k[0] for k in values) + 1
-        experts = max(k[1] for k in values) + 1
-        a = np.zeros((layers, experts))
-        for (layer, expert), v in values.items():
-            a[layer, expert] = v
-        out[run] = a
-    return out
-
-
-def _ranks_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
-    """(layers, ranks) loads per run from the table's expert -> rank placement."""
-    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(lambda: defaultdict(float))
-    for r in expert_loads:
-        if r.get("phase") == phase and r.get("load") is not None and r.get("rank") is not None:
-            cells[r["run"]][(r["layer"], r["rank"])] += r["load"]
-    out = {}
-    for run, values in cells.items():
-        layers = max(k[0] for k in values) + 1
-        ranks = max(k[1] for k in values) + 1
-        a = np.zeros((layers, ranks))
-        for (layer, rank), v in values.items():
-            a[layer, rank] = v
-        out[run] = a
+def _loads_by_run(expert_loads: list[dict], by: str, phase: str = "all") -> dict[str, np.ndarray]:
+    """(layers, experts) or (layers, ranks) loads per run: the phase's loads summed per layer
+    and `by` (`expert`, or `rank`: the table's expert -> rank placement)."""
+    table = frame(expert_loads)
+    if table.empty:
+        return {}
+    table = table[(table["phase"] == phase) & table["load"].notna() & table[by].notna()]
+    sums = table.groupby(["run", "layer", by], sort=False)["load"].sum()
+    out: dict[str, np.ndarray] = {}
+    for run, cells in sums.groupby(level="run", sort=False):
+        layer = cells.index.get_level_values("layer").to_numpy(dtype=int)
+        column = cells.index.get_level_values(by).to_numpy(dtype=int)
+        a = np.zeros((layer.max() + 1, column.max() + 1))
+        a[layer, column] = cells.to_numpy(dtype=float)
+        out[str(run)] = a
     return out
 
 
@@ -505,7 +490,7 @@ def heatmap_figures(
     runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path
 ) -> list[Figure]:
     imbalance = [r for r in runs if r.get("experiment") == "imbalance"]
-    loads = _loads_by_run(expert_loads)
+    loads = _loads_by_run(expert_loads, "expert")
     figures = []
     for k, mode in enumerate(modes):
         rows = sorted(
@@ -593,7 +578,7 @@ def rank_figure(
     runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path, note: str
 ) -> Figure | None:
     imbalance = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
-    ranks = _ranks_by_run(expert_loads)
+    ranks = _loads_by_run(expert_loads, "rank")
     rows = [r for r in imbalance if r["run"] in ranks]
     if not rows:
         return None
