@@ -15,10 +15,10 @@ load heatmaps per mode and dataset) and Fig. 8 (per-rank load under expert paral
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -127,17 +127,21 @@ def sweep_figure(
     out: Path,
     number: str,
 ) -> Figure | None:
-    rows = [
-        r
-        for r in runs
-        if r.get("experiment") == "config_sweep"
-        and r.get(fixed_knob) == fixed_value
-        and r.get("mode") in modes
+    metrics = [metric for metric, _ in PERF]
+    table = frame(
+        runs,
+        list(dict.fromkeys(["experiment", "mode", "engine_version", knob, fixed_knob, *metrics])),
+    )
+    rows = table[
+        (table["experiment"] == "config_sweep")
+        & (table[fixed_knob] == fixed_value)
+        & table["mode"].isin(list(modes))
     ]
-    if not rows:
+    if rows.empty:
         return None
     colors = mode_colors(modes)
-    versions = sorted({str(r.get("engine_version") or "unknown") for r in rows})
+    version = rows["engine_version"].map(lambda v: str(v or "unknown"))
+    versions = sorted(set(version))
     mark_versions = len(versions) > 1
     version_marker = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(versions)}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -145,19 +149,20 @@ def sweep_figure(
     for ax, (metric, label) in zip(axes, PERF, strict=True):
         all_values = []
         for mode in modes:
-            groups: dict[int, list[dict]] = defaultdict(list)
-            for r in rows:
-                if r["mode"] == mode and r.get(metric) is not None:
-                    groups[r[knob]].append(r)
+            done = rows[(rows["mode"] == mode) & rows[metric].notna()]
+            # the repetitions at each setting of the knob, in ascending order
+            groups: dict[Any, Any] = {
+                x: group[metric] for x, group in done.groupby(knob, sort=True)
+            }
             if not groups:
                 continue
-            xs = sorted(groups)
+            xs = list(groups)
             dodge = 1 + 0.025 * (list(modes).index(mode) - (len(modes) - 1) / 2)
-            stats_ = [mean_ci([r[metric] for r in groups[x]]) for x in xs]
+            stats_ = [mean_ci(groups[x].tolist()) for x in xs]
             means = [m for m, _ in stats_]
             halves = [h for _, h in stats_]
             max_reps = max(max_reps, *(len(g) for g in groups.values()))
-            all_values += [r[metric] for x in xs for r in groups[x]]
+            all_values += [v for x in xs for v in groups[x]]
             ax.errorbar(
                 [x * dodge for x in xs],
                 means,
@@ -169,16 +174,15 @@ def sweep_figure(
                 label=mode,
             )
             for x in xs:
-                reps = [r[metric] for r in groups[x]]
+                reps = groups[x].tolist()
                 if len(reps) > 1:
                     ax.scatter([x * dodge] * len(reps), reps, color=colors[mode], s=12, alpha=0.35)
             if mark_versions:
                 for x in xs:
-                    for r in groups[x]:
-                        v = str(r.get("engine_version") or "unknown")
+                    for v, value in zip(version[groups[x].index], groups[x], strict=True):
                         ax.scatter(
                             x * dodge,
-                            r[metric],
+                            value,
                             marker=version_marker[v],
                             s=60,
                             facecolor=colors[mode],
@@ -186,7 +190,7 @@ def sweep_figure(
                             zorder=3,
                         )
         ax.set_xscale("log", base=2)
-        ticks = sorted({r[knob] for r in rows})
+        ticks = sorted(set(rows[knob]))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
