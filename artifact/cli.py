@@ -70,14 +70,13 @@ def _run_one_stage(stage: Stage, args: argparse.Namespace) -> int:
     from artifact.core.console import console
     from artifact.core.runner import run_stage
 
-    # A stage may run others first or swap in a variant (plots/check --from-study); its
-    # plan may also set defaults for --profile and --run-dir before they are resolved.
-    stages = stage.plan(args) if hasattr(stage, "plan") else [stage]
+    # A stage may run others first (plots runs check; --from-study imports the study first).
+    stages = stage.steps(args)
     ctx = _context(args)
     status = ""
     for step in stages:
         status = run_stage(step, ctx)
-    code = _exit_code(ctx, [s.name for s in stages])
+    code = _exit_code(ctx, [stages[-1].name])
     if code and status == "skipped":
         record = ctx.run_dir.record(stages[-1].name) or {}
         console.print(f"[red]{stages[-1].name}[/]: as recorded: {record.get('summary')}")

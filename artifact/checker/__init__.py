@@ -1,9 +1,9 @@
 """The tolerance-banded checker: claims (expected_results/<profile>.yaml) judged on a run.
 
-Modules: `schema` (the claims file and its loader), `tables` (the run directory's tidy
-tables), `query` (a claim's quantity over them), `rules` (how each kind of claim is judged),
-`evaluate` (verdicts PASS / FAIL / SKIP / XFAIL), `output` (terminal, Markdown, JSON),
-`audit` (provenance findings on the original study's logs).
+Modules: `tables` (the run directory's tidy tables), `query` (a claim's quantity over
+them), `rules` (how each kind of claim is judged), `evaluate` (verdicts PASS / FAIL / SKIP /
+XFAIL), `output` (terminal, Markdown, and `check/claims.json` with its reader). The claims
+file's schema is artifact.config.claims; provenance findings are artifact.study.audit.
 """
 
 from __future__ import annotations
@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifact.checker.evaluate import VERDICTS, ClaimResult, counts, evaluate
-from artifact.checker.output import markdown_table, payload, rich_table, summary_line
+from artifact.checker.output import (
+    CLAIMS_COLUMNS,
+    Verdicts,
+    claims_markdown,
+    claims_rows,
+    payload,
+    read_verdicts,
+    rich_table,
+    summary_line,
+)
 from artifact.checker.tables import RunTables, hardware_id
 from artifact.config.claims import ClaimsFile, claims_path, load_claims
 from artifact.config.profiles import Profile
@@ -31,18 +40,22 @@ def check_run(
 
 
 __all__ = [
+    "CLAIMS_COLUMNS",
     "VERDICTS",
     "ClaimResult",
     "ClaimsFile",
     "RunTables",
+    "Verdicts",
     "check_run",
+    "claims_markdown",
     "claims_path",
+    "claims_rows",
     "counts",
     "evaluate",
     "hardware_id",
     "load_claims",
-    "markdown_table",
     "payload",
+    "read_verdicts",
     "rich_table",
     "summary_line",
 ]

@@ -116,7 +116,7 @@ def evaluate(
                 f"claims depend on each other in a cycle: {' -> '.join((*stack, claim.id))}",
                 path=claims.path,
             )
-        base = {
+        base: dict[str, Any] = {
             "id": claim.id,
             "statement": claim.statement,
             "source": claim.source,

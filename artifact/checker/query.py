@@ -1,12 +1,18 @@
-"""Evaluate a claim's query over the run directory's tidy tables (see schema.Query)."""
+"""Evaluate a claim's query over the run directory's tidy tables (see config.claims.Query).
+
+The table is a pandas DataFrame of the values as stored (artifact.checker.tables); `where`
+is a boolean mask, `$max` / `$min` a column reduction, `by` a groupby and `reduce` a Series
+reduction. Numbers compare with a relative and absolute tolerance of 1e-12.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable
+import numbers
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,12 +21,14 @@ from artifact.config.claims import Query
 from artifact.core.errors import ArtifactError
 from artifact.routing.correlation import iqr_outliers
 
-OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
-    "ne": lambda a, b: not _equal(a, b),
+if TYPE_CHECKING:
+    import pandas as pd
+
+COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
 }
 
 
@@ -28,29 +36,57 @@ class QueryError(ArtifactError):
     """The query cannot be answered from this run directory (missing table, column, rows)."""
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    return None
+def _is_number(value: Any, bools: bool = False) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return bools
+    return isinstance(value, numbers.Real)
 
 
-def _equal(a: Any, b: Any) -> bool:
-    na, nb = _number(a), _number(b)
-    if na is not None and nb is not None:
-        return math.isclose(na, nb, rel_tol=1e-12, abs_tol=1e-12)
-    return a == b
+def numbers_of(column: pd.Series, bools: bool = False) -> pd.Series:
+    """The column as float64: NaN where a cell is not a number (None, text; bools unless
+    `bools`)."""
+    import pandas as pd
+
+    kept = column.where(column.map(lambda v: _is_number(v, bools)))
+    return pd.to_numeric(kept, errors="coerce").astype(np.float64)
 
 
-def _match(value: Any, cond: Any) -> bool:
+def _equals(column: pd.Series, value: Any) -> pd.Series:
+    if value is None:
+        return column.isna()
+    same = (column == value).fillna(False).astype(bool)
+    if _is_number(value):
+        close = np.isclose(numbers_of(column), float(value), rtol=1e-12, atol=1e-12)
+        return same | close
+    return same
+
+
+def _mask(column: pd.Series, cond: Any) -> pd.Series:
+    """Rows whose value satisfies `cond`: a value, a list of values, or {op: value}."""
     if isinstance(cond, list):
-        return any(_equal(value, c) for c in cond)
-    if isinstance(cond, dict):
-        if value is None:
-            return False
-        return all(OPS[op](value, ref) for op, ref in cond.items())
-    return _equal(value, cond)
+        import pandas as pd
+
+        mask = pd.Series(False, index=column.index)
+        for value in cond:
+            mask |= _equals(column, value)
+        return mask
+    if not isinstance(cond, dict):
+        return _equals(column, cond)
+    mask = column.notna()
+    for op, ref in cond.items():
+        if op == "ne":
+            mask &= ~_equals(column, ref)
+        elif _is_number(ref):
+            mask &= COMPARE[op](numbers_of(column), ref)
+        else:
+            mask &= COMPARE[op](column.where(mask), ref).fillna(False).astype(bool)
+    return mask
+
+
+def _count_value(value: Any) -> Any:
+    if _is_number(value, bools=True):
+        return float(value)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def profile_value(profile_raw: dict, dotted: str) -> Any:
@@ -62,36 +98,47 @@ def profile_value(profile_raw: dict, dotted: str) -> Any:
     return node
 
 
-def reduce_values(values: list, how: str) -> float | None:
+def reduce_values(values: Sequence[Any], how: str) -> float | None:
+    import pandas as pd
+
     if how == "count":
         return float(len(values))
-    if not values:
+    if not len(values):
         return None
     if how == "nunique":
-        return float(len(set(values)))
-    v = np.asarray(values, dtype=np.float64)
-    if how == "mean":
-        return float(v.mean())
-    if how == "median":
-        return float(np.median(v))
-    if how == "sum":
-        return float(v.sum())
-    if how == "min":
-        return float(v.min())
-    if how == "max":
-        return float(v.max())
-    if how == "std":
-        return float(v.std(ddof=1)) if v.size > 1 else 0.0
+        return float(pd.Series(values, dtype=object).nunique())
+    v = pd.Series(values, dtype=np.float64)
+    if how in ("std", "cv", "max_gap") and v.size < 2:
+        return 0.0
     if how == "cv":
         mean = v.mean()
-        return float(v.std(ddof=1) / abs(mean)) if v.size > 1 and mean else 0.0
-    if how == "range":
-        return float(v.max() - v.min())
-    if how == "max_gap":
-        return float(np.diff(np.sort(v)).max()) if v.size > 1 else 0.0
-    if how == "first":
-        return float(v[0])
-    raise QueryError(f"unknown reduce '{how}'")
+        return float(v.std(ddof=1) / abs(mean)) if mean else 0.0
+    reducers: dict[str, Callable[[], Any]] = {
+        "mean": v.mean,
+        "median": v.median,
+        "sum": v.sum,
+        "min": v.min,
+        "max": v.max,
+        "std": lambda: v.std(ddof=1),
+        "range": lambda: v.max() - v.min(),
+        "max_gap": lambda: v.sort_values().diff().max(),
+        "first": lambda: v.iloc[0],
+    }
+    if how not in reducers:
+        raise QueryError(f"unknown reduce '{how}'")
+    return float(reducers[how]())
+
+
+def row_labels(rows: pd.DataFrame, columns: Sequence[str] = ("run", "name")) -> list[Any]:
+    """Each row's first non-empty value of `columns` (None where it has none)."""
+    import pandas as pd
+
+    label = pd.Series(None, index=rows.index, dtype=object)
+    for name in reversed(columns):
+        if name in rows:
+            present = rows[name].notna() & rows[name].astype(bool)
+            label = label.mask(present, rows[name])
+    return label.tolist()
 
 
 @dataclass
@@ -99,11 +146,10 @@ class Samples:
     """The rows a query matched, the column's values, and the reduced value if any."""
 
     query: Query
-    rows: list[dict]  # the rows kept, aligned with values
-    values: list[float]
+    rows: pd.DataFrame  # the rows kept, aligned with values
+    values: list[Any]
     conditions: dict[str, Any]  # the conditions as resolved ($max, $profile...)
-    matched: int = 0  # rows matching the conditions
-    matched_rows: list[dict] = field(default_factory=list)  # all of them, values or not
+    matched_rows: pd.DataFrame  # all the rows matching the conditions, values or not
     removed: list[dict] = field(default_factory=list)  # IQR outliers left out
     missing: int = 0  # matching rows without a value in the column
 
@@ -118,28 +164,29 @@ class Samples:
         return reduce_values(self.values, self.query.reduce)
 
     def groups(self) -> dict[Any, list[float]]:
-        """Values grouped by query.by (sorted by the group key)."""
+        """Values grouped by query.by (sorted by the group key; rows without one left out)."""
+        import pandas as pd
+
         key = self.query.by
         if key is None:
             raise QueryError("this relation needs 'by' in the query (the column to group on)")
-        out: dict[Any, list[float]] = {}
-        for row, value in zip(self.rows, self.values, strict=True):
-            out.setdefault(row.get(key), []).append(value)
-        return dict(sorted(out.items(), key=lambda kv: (kv[0] is None, kv[0])))
-
-    def describe_where(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.conditions.items())
+        values = pd.Series(self.values, index=self.rows.index, dtype=np.float64)
+        return {k: group.tolist() for k, group in values.groupby(self.rows[key], sort=True)}
 
 
 def run_query(query: Query, tables: RunTables, profile_raw: dict | None = None) -> Samples:
-    rows = tables.get(query.table)
-    columns = set().union(*(r.keys() for r in rows)) if rows else set()
-    for name in (*query.where, *(c for c in (query.column, query.by) if c)):
-        if rows and name not in columns:
+    table = tables.frame(query.table)
+    needed = [*query.where, *(c for c in (query.column, query.by) if c)]
+    if len(table):
+        unknown = [name for name in needed if name not in table.columns]
+        if unknown:
             raise QueryError(
-                f"table '{query.table}' has no column '{name}' "
-                f"(columns: {', '.join(sorted(columns)[:40])})"
+                f"table '{query.table}' has no column '{unknown[0]}' "
+                f"(columns: {', '.join(sorted(table.columns)[:40])})"
             )
+    else:  # no rows: every condition fails on None, as on a missing column
+        table = table.reindex(columns=[*table.columns, *set(needed) - set(table.columns)])
+        table = table.astype(object).where(table.notna(), None)
     # Literal conditions first, then $profile references, then $max / $min.
     conditions: dict[str, Any] = {}
     deferred = {}
@@ -150,48 +197,47 @@ def run_query(query: Query, tables: RunTables, profile_raw: dict | None = None) 
             deferred[key] = cond
         else:
             conditions[key] = cond
-    matched = [r for r in rows if all(_match(r.get(k), c) for k, c in conditions.items())]
+    mask = np.ones(len(table), dtype=bool)
+    for key, cond in conditions.items():
+        mask &= _mask(table[key], cond).to_numpy()
+    matched = table[mask]
     for key, how in deferred.items():
-        present = [r[key] for r in matched if r.get(key) is not None]
-        if not present:
+        present = matched[key].dropna()
+        if present.empty:
             raise QueryError(f"no rows of '{query.table}' match {conditions} to take {how} {key}")
-        target = max(present) if how == "$max" else min(present)
+        target = present.max() if how == "$max" else present.min()
         conditions[key] = target
-        matched = [r for r in matched if _equal(r.get(key), target)]
-    if not matched:
+        matched = matched[_equals(matched[key], target)]
+    if matched.empty:
         described = ", ".join(f"{k}={v}" for k, v in conditions.items()) or "(no conditions)"
         raise QueryError(f"no rows of table '{query.table}' match {described}")
-    kept, values, missing = [], [], 0
     any_value = query.reduce in ("count", "nunique")
-    for row in matched:
-        if query.column is None:
-            kept.append(row)
-            continue
-        raw = row.get(query.column)
-        value = _number(raw) if not isinstance(raw, bool) else float(raw)
-        if any_value and value is None and raw is not None:
-            kept.append(row)
-            values.append(json.dumps(raw, sort_keys=True) if not isinstance(raw, str) else raw)
-            continue
-        if value is None or math.isnan(value):
-            missing += 1
-            continue
-        kept.append(row)
-        values.append(value)
+    if query.column is None:
+        kept, values = matched, [1.0] * len(matched)
+    else:
+        raw = matched[query.column]
+        number = numbers_of(raw, bools=True)
+        keep = number.notna()
+        if any_value:  # text and other values count too
+            keep |= raw.notna() & ~raw.map(lambda v: _is_number(v, bools=True))
+            values = raw[keep].map(_count_value).tolist()
+        else:
+            values = number[keep].tolist()
+        kept = matched[keep]
+    missing = len(matched) - len(kept) if query.column is not None else 0
     removed: list[dict] = []
     if query.iqr_filter and len(values) >= 4 and not any_value:
-        mask = iqr_outliers(values)
+        out = iqr_outliers(values)
+        labels = row_labels(kept)
         removed = [
-            {"row": kept[i].get("run") or kept[i].get("name") or i, "value": values[i]}
-            for i in np.flatnonzero(mask)
+            {"row": labels[i] if labels[i] is not None else int(i), "value": values[i]}
+            for i in np.flatnonzero(out)
         ]
-        kept = [r for r, out in zip(kept, mask, strict=True) if not out]
-        values = [v for v, out in zip(values, mask, strict=True) if not out]
+        kept = kept[~out]
+        values = [v for v, o in zip(values, out, strict=True) if not o]
     if query.column is not None and not values:
         raise QueryError(
             f"column '{query.column}' of table '{query.table}' has no value in the "
             f"{len(matched)} matching rows"
         )
-    if query.column is None:
-        values = [1.0] * len(kept)
-    return Samples(query, kept, values, conditions, len(matched), matched, removed, missing)
+    return Samples(query, kept, values, conditions, matched, removed, missing)

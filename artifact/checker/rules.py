@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from artifact.checker.query import QueryError, Samples
+from artifact.checker.query import QueryError, Samples, reduce_values, row_labels
 from artifact.config.claims import Reference, Relation
 from artifact.routing.correlation import correlation
 
@@ -94,12 +94,13 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
     low, high = ref.band()
     expected = describe_band(ref)
     if per_row:
+        values = np.asarray(samples.values, dtype=np.float64)
+        inside = (low <= values) & (values <= high)
+        labels = row_labels(samples.rows, ("run", "name", "path"))
         outside = [
-            (row, v)
-            for row, v in zip(samples.rows, samples.values, strict=True)
-            if not low <= v <= high
+            (label, v) for label, v, ok in zip(labels, values, inside, strict=True) if not ok
         ]
-        lo, hi = min(samples.values), max(samples.values)
+        lo, hi = float(values.min()), float(values.max())
         observed = (
             f"{fmt(lo, ref.unit)} in all {samples.n} rows"
             if lo == hi
@@ -107,15 +108,10 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
         )
         reason = ""
         if outside:
-            shown = "; ".join(
-                f"{row.get('run') or row.get('name') or row.get('path') or '?'}: {fmt(v)}"
-                for row, v in outside[:3]
-            )
+            shown = "; ".join(f"{label or '?'}: {fmt(float(v))}" for label, v in outside[:3])
             reason = f"{len(outside)} of {samples.n} rows outside the band ({shown})"
         return Judgement(not outside, expected, observed, reason, {"low": low, "high": high})
     how = samples.query.reduce or "mean"
-    from artifact.checker.query import reduce_values
-
     value = reduce_values(samples.values, how)
     assert value is not None
     observed = fmt(value, ref.unit)
@@ -158,18 +154,22 @@ class Difference:
 
 
 def _pairs(a: Samples, b: Samples, key: str | list[str]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Mean of each side per value of the `key` columns, for the values both sides have (in
+    the order a first has them)."""
+    import pandas as pd
+
     columns = [key] if isinstance(key, str) else list(key)
-    left: dict[Any, list[float]] = {}
-    right: dict[Any, list[float]] = {}
-    for rows, values, out in ((a.rows, a.values, left), (b.rows, b.values, right)):
-        for row, v in zip(rows, values, strict=True):
-            out.setdefault(tuple(row.get(c) for c in columns), []).append(v)
-    keys = [k for k in left if k in right]
-    if not keys:
+
+    def means(s: Samples) -> pd.Series:
+        values = pd.Series(s.values, index=s.rows.index, dtype=np.float64)
+        keys = [s.rows[c] if c in s.rows else pd.Series(None, index=s.rows.index) for c in columns]
+        return values.groupby(keys, sort=False, dropna=False).mean()
+
+    left, right = means(a), means(b)
+    keys = left.index.intersection(right.index, sort=False)
+    if keys.empty:
         raise QueryError(f"no common values of {columns} to pair the two quantities on")
-    x = np.array([np.mean(left[k]) for k in keys])
-    y = np.array([np.mean(right[k]) for k in keys])
-    return x, y, keys
+    return left[keys].to_numpy(), right[keys].to_numpy(), keys.tolist()
 
 
 def difference(a: Samples, b: Samples, paired_by: str | list[str] | None) -> Difference:
@@ -397,12 +397,12 @@ def correlation_rows(rel: Relation, samples: Samples) -> list[dict]:
                 "note": r.get("note"),
                 "n_removed": r.get("n_removed") or 0,
             }
-            for r in samples.matched_rows
+            for r in samples.matched_rows.to_dict("records")
         ]
     if not rel.x:
         raise QueryError("a correlation over table rows needs relation.x (the x column)")
-    xs = [row.get(rel.x) for row in samples.rows]
-    labels = [row.get("run") or row.get("name") or i for i, row in enumerate(samples.rows)]
+    xs = samples.rows[rel.x].tolist() if rel.x in samples.rows else [None] * samples.n
+    labels = [i if label is None else label for i, label in enumerate(row_labels(samples.rows))]
     c = correlation(
         xs,
         samples.values,

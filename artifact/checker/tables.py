@@ -1,7 +1,9 @@
-"""The run directory's tidy tables, by name, as lists of row dicts (read once, lazily).
+"""The run directory's tidy tables, by name, as lists of row dicts or as DataFrames (read
+once, lazily, from the JSON copies: they keep what CSV cannot, an int column with gaps, lists).
 
 - runs, correlations, per_layer, summary, expert_loads, legacy, default_vs_legacy:
-  `imbalance/<name>.json`;
+  `imbalance/<name>.json` (`study-import/<name>.json` in a run directory of the study's
+  data, here and below);
 - datasets: `datasets/metadata.json`, one row per dataset (`index`: its rank by score,
   `name`: its file stem);
 - provenance: `imbalance/provenance.json` (a study run directory), else one row per
@@ -22,11 +24,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
 from artifact.core.manifest import RunDir
+from artifact.core.tables import frame
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMBALANCE_TABLES = (
     "runs",
@@ -66,10 +72,13 @@ class RunTables:
     def __init__(self, run_dir: str | Path):
         self.run_dir = RunDir(run_dir)
         self.path = self.run_dir.path
+        # A run directory of the study's data has its tables from the study-import stage.
+        self.tables_stage = "study-import" if self.run_dir.record("study-import") else "imbalance"
         self._cache: dict[str, list[dict]] = {}
+        self._frames: dict[str, pd.DataFrame] = {}
 
     def _imbalance(self, name: str) -> Path:
-        return self.path / "imbalance" / f"{name}.json"
+        return self.path / self.tables_stage / f"{name}.json"
 
     def has(self, name: str) -> bool:
         try:
@@ -83,12 +92,18 @@ class RunTables:
             self._cache[name] = self._load(name)
         return self._cache[name]
 
+    def frame(self, name: str) -> pd.DataFrame:
+        """The table as a DataFrame of the values as stored (for the checker's queries)."""
+        if name not in self._frames:
+            self._frames[name] = frame(self.get(name))
+        return self._frames[name]
+
     def _load(self, name: str) -> list[dict]:
         if name in IMBALANCE_TABLES or name == "log_flags":
             path = self._imbalance(name)
             if not path.exists():
                 raise ArtifactError(
-                    f"no table '{name}': {path} is missing (run the imbalance stage)"
+                    f"no table '{name}': {path} is missing (run the {self.tables_stage} stage)"
                 )
             rows = read_json(path)
         elif name == "datasets":
@@ -120,7 +135,7 @@ class RunTables:
         for path in sorted(bench.rglob("provenance.json")):
             rel = path.parent.relative_to(bench)
             parts = rel.parts
-            row = {"path": rel.as_posix()}
+            row: dict[str, Any] = {"path": rel.as_posix()}
             if parts and parts[0] in ("config_sweep", "imbalance", "eplb_ablation"):
                 row["experiment"] = parts[0]
                 if len(parts) > 1:

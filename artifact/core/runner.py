@@ -35,7 +35,7 @@ from artifact.core.layout import RunLayout
 from artifact.core.manifest import RunDir, now_iso
 
 # The pipeline, in order. A name without a module yet is reported as not built.
-PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "plots", "check")
+PIPELINE = ("install", "datasets", "serve", "bench", "imbalance", "check", "plots")
 # GPU-only stages, run on their own (`moe-artifact kernels`), not by `reproduce`.
 GPU_STAGES = ("kernels", "parallel")
 
@@ -80,6 +80,12 @@ class Stage:
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         """Add stage-specific options (beyond --profile, --run-dir, --force)."""
+
+    def steps(self, args: argparse.Namespace) -> list[Stage]:
+        """The stages `moe-artifact <name>` runs, in order, this one last (plots runs check
+        first; --from-study imports the study). May set defaults for --profile and --run-dir
+        before they are resolved."""
+        return [self]
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
         """Hashes of inputs outside the run directory (package data, caches), keyed by name."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifact.checker import ClaimResult, markdown_table, summary_line
+from artifact.checker import CLAIMS_COLUMNS, ClaimResult, claims_rows, summary_line
 from artifact.checker.tables import RunTables
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
@@ -219,8 +219,7 @@ def make_report(
     profile: Profile,
     figures: list[Figure],
     extra: dict,
-    claims: list[ClaimResult] | None,
-    claims_error: str | None,
+    claims: list[ClaimResult],
     findings: list[dict],
     source: str,
 ) -> Report:
@@ -245,8 +244,8 @@ def make_report(
         [[name, m.description] for name, m in profile.modes.items()],
     )
     manifest = tables.run_dir.read().get("stages", {})
-    # The stages this report is made from (plots and check describe the report itself).
-    done = [n for n in PIPELINE if n in manifest and n not in ("plots", "check")]
+    # The stages this report is made from (check's verdicts are the Claims section).
+    done = [n for n in (*PIPELINE, "study-import") if n in manifest and n not in ("plots", "check")]
     if done:
         report.heading("Stages", 3)
         report.table(
@@ -291,7 +290,7 @@ def make_report(
         report.heading(title)
         if section == "Experiment 2" and "table1" in extra:
             report.para("*Table 1: EPLB off vs on, nsys CUDA kernel summary.*")
-            report.markdown_table(extra["table1"])
+            report.pipe_table(extra["table1"])
             if extra.get("table1_note"):
                 report.para(extra["table1_note"])
         if section in extra["skipped"]:
@@ -299,9 +298,6 @@ def make_report(
         for fig in by_section.get(section, []):
             report.figure(fig)
     report.heading("Claims")
-    if claims_error:
-        report.para(f"**The claims could not be judged**: {claims_error}")
-    elif claims is not None:
-        report.para(f"{summary_line(claims)} (see `check/claims.json` after `moe-artifact check`).")
-        report.markdown_table(markdown_table(claims))
+    report.para(f"{summary_line(claims)} (verdicts of `check/claims.json`).")
+    report.table(list(CLAIMS_COLUMNS), claims_rows(claims))
     return report

@@ -10,98 +10,117 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifact.core.io import atomic_write_text
+from artifact.core.tables import markdown_table
 from artifact.report.figures import Figure
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+Block = Heading | Para | Bullets | Table | Figure
 
 
 @dataclass
 class Report:
     title: str
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("heading", (level, text)))
+        self.blocks.append(Heading(level, text))
 
     def para(self, text: str) -> None:
-        self.blocks.append(("para", text))
+        self.blocks.append(Para(text))
 
     def bullets(self, items: list[str]) -> None:
         if items:
-            self.blocks.append(("bullets", items))
+            self.blocks.append(Bullets(items))
 
-    def table(self, header: list[str], rows: list[list[object]]) -> None:
-        self.blocks.append(("table", (header, rows)))
+    def table(self, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+        self.blocks.append(Table(list(header), [[str(c) for c in row] for row in rows]))
 
-    def markdown_table(self, text: str) -> None:
+    def pipe_table(self, text: str) -> None:
         """A table already in Markdown (pipe) syntax."""
         header, *rest = [line for line in text.strip().splitlines() if line.strip()]
-        cells = [_split_row(header)]
-        body = [_split_row(line) for line in rest[1:]]
-        self.blocks.append(("table", (cells[0], body)))
+        self.blocks.append(Table(_split_row(header), [_split_row(line) for line in rest[1:]]))
 
     def figure(self, fig: Figure) -> None:
-        self.blocks.append(("figure", fig))
+        self.blocks.append(fig)
 
     # --- rendering ----------------------------------------------------------------------------
 
     def markdown(self, base: Path) -> str:
         out = [f"# {self.title}", ""]
-        for kind, value in self.blocks:
-            if kind == "heading":
-                level, text = value  # type: ignore[misc]
-                out += ["#" * level + " " + text, ""]
-            elif kind == "para":
-                out += [str(value), ""]
-            elif kind == "bullets":
-                out += [f"- {item}" for item in value] + [""]  # type: ignore[union-attr]
-            elif kind == "table":
-                header, rows = value  # type: ignore[misc]
-                out.append("| " + " | ".join(_md(h) for h in header) + " |")
-                out.append("|" + "---|" * len(header))
-                for row in rows:
-                    out.append("| " + " | ".join(_md(c) for c in row) + " |")
-                out.append("")
-            elif kind == "figure":
-                fig: Figure = value  # type: ignore[assignment]
-                rel = fig.path.relative_to(base) if fig.path.is_relative_to(base) else fig.path
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                out += ["#" * block.level + " " + block.text, ""]
+            elif isinstance(block, Para):
+                out += [block.text, ""]
+            elif isinstance(block, Bullets):
+                out += [f"- {item}" for item in block.items] + [""]
+            elif isinstance(block, Table):
+                out += [markdown_table(block.rows, block.header).rstrip("\n"), ""]
+            else:
+                rel = (
+                    block.path.relative_to(base) if block.path.is_relative_to(base) else block.path
+                )
                 out += [
-                    f"![Fig. {fig.number}: {fig.title}]({rel.as_posix()})",
+                    f"![Fig. {block.number}: {block.title}]({rel.as_posix()})",
                     "",
-                    f"*Fig. {fig.number}: {fig.title}.* {fig.caption}",
+                    f"*Fig. {block.number}: {block.title}.* {block.caption}",
                     "",
                 ]
         return "\n".join(out).rstrip() + "\n"
 
     def html(self) -> str:
         body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for kind, value in self.blocks:
-            if kind == "heading":
-                level, text = value  # type: ignore[misc]
-                slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-                body.append(f'<h{level} id="{slug}">{_inline(text)}</h{level}>')
-            elif kind == "para":
-                body.append(f"<p>{_inline(str(value))}</p>")
-            elif kind == "bullets":
-                items = "".join(f"<li>{_inline(i)}</li>" for i in value)  # type: ignore[union-attr]
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                slug = re.sub(r"[^a-z0-9]+", "-", block.text.lower()).strip("-")
+                level = block.level
+                body.append(f'<h{level} id="{slug}">{_inline(block.text)}</h{level}>')
+            elif isinstance(block, Para):
+                body.append(f"<p>{_inline(block.text)}</p>")
+            elif isinstance(block, Bullets):
+                items = "".join(f"<li>{_inline(i)}</li>" for i in block.items)
                 body.append(f"<ul>{items}</ul>")
-            elif kind == "table":
-                header, rows = value  # type: ignore[misc]
-                head = "".join(f"<th>{_inline(str(h))}</th>" for h in header)
+            elif isinstance(block, Table):
+                head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
                 trs = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>"
-                    for row in rows
+                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
+                    for row in block.rows
                 )
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-            elif kind == "figure":
-                fig: Figure = value  # type: ignore[assignment]
-                data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+            else:
+                n = block.number
+                data = base64.b64encode(block.path.read_bytes()).decode("ascii")
                 body.append(
-                    f'<figure id="fig-{fig.number}"><img alt="Fig. {fig.number}" '
-                    f'src="data:image/png;base64,{data}"/><figcaption><b>Fig. {fig.number}: '
-                    f"{html.escape(fig.title)}.</b> {_inline(fig.caption)}</figcaption></figure>"
+                    f'<figure id="fig-{n}"><img alt="Fig. {n}" src="data:image/png;base64,{data}"/>'
+                    f"<figcaption><b>Fig. {n}: {html.escape(block.title)}.</b> "
+                    f"{_inline(block.caption)}</figcaption></figure>"
                 )
         return HTML_TEMPLATE.format(title=html.escape(self.title), body="\n".join(body))
 
@@ -115,10 +134,6 @@ class Report:
 def _split_row(line: str) -> list[str]:
     line = line.strip().strip("|")
     return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
-
-
-def _md(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _inline(text: str) -> str:

@@ -15,10 +15,10 @@ load heatmaps per mode and dataset) and Fig. 8 (per-rank load under expert paral
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -30,6 +30,7 @@ from matplotlib.figure import Figure as MplFigure
 from scipy import stats
 
 from artifact.core.io import atomic_write_bytes
+from artifact.core.tables import frame, markdown_table
 from artifact.routing.correlation import correlation
 
 PERF = (
@@ -126,17 +127,21 @@ def sweep_figure(
     out: Path,
     number: str,
 ) -> Figure | None:
-    rows = [
-        r
-        for r in runs
-        if r.get("experiment") == "config_sweep"
-        and r.get(fixed_knob) == fixed_value
-        and r.get("mode") in modes
+    metrics = [metric for metric, _ in PERF]
+    table = frame(
+        runs,
+        list(dict.fromkeys(["experiment", "mode", "engine_version", knob, fixed_knob, *metrics])),
+    )
+    rows = table[
+        (table["experiment"] == "config_sweep")
+        & (table[fixed_knob] == fixed_value)
+        & table["mode"].isin(list(modes))
     ]
-    if not rows:
+    if rows.empty:
         return None
     colors = mode_colors(modes)
-    versions = sorted({str(r.get("engine_version") or "unknown") for r in rows})
+    version = rows["engine_version"].map(lambda v: str(v or "unknown"))
+    versions = sorted(set(version))
     mark_versions = len(versions) > 1
     version_marker = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(versions)}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -144,19 +149,20 @@ def sweep_figure(
     for ax, (metric, label) in zip(axes, PERF, strict=True):
         all_values = []
         for mode in modes:
-            groups: dict[int, list[dict]] = defaultdict(list)
-            for r in rows:
-                if r["mode"] == mode and r.get(metric) is not None:
-                    groups[r[knob]].append(r)
+            done = rows[(rows["mode"] == mode) & rows[metric].notna()]
+            # the repetitions at each setting of the knob, in ascending order
+            groups: dict[Any, Any] = {
+                x: group[metric] for x, group in done.groupby(knob, sort=True)
+            }
             if not groups:
                 continue
-            xs = sorted(groups)
+            xs = list(groups)
             dodge = 1 + 0.025 * (list(modes).index(mode) - (len(modes) - 1) / 2)
-            stats_ = [mean_ci([r[metric] for r in groups[x]]) for x in xs]
+            stats_ = [mean_ci(groups[x].tolist()) for x in xs]
             means = [m for m, _ in stats_]
             halves = [h for _, h in stats_]
             max_reps = max(max_reps, *(len(g) for g in groups.values()))
-            all_values += [r[metric] for x in xs for r in groups[x]]
+            all_values += [v for x in xs for v in groups[x]]
             ax.errorbar(
                 [x * dodge for x in xs],
                 means,
@@ -168,16 +174,15 @@ def sweep_figure(
                 label=mode,
             )
             for x in xs:
-                reps = [r[metric] for r in groups[x]]
+                reps = groups[x].tolist()
                 if len(reps) > 1:
                     ax.scatter([x * dodge] * len(reps), reps, color=colors[mode], s=12, alpha=0.35)
             if mark_versions:
                 for x in xs:
-                    for r in groups[x]:
-                        v = str(r.get("engine_version") or "unknown")
+                    for v, value in zip(version[groups[x].index], groups[x], strict=True):
                         ax.scatter(
                             x * dodge,
-                            r[metric],
+                            value,
                             marker=version_marker[v],
                             s=60,
                             facecolor=colors[mode],
@@ -185,7 +190,7 @@ def sweep_figure(
                             zorder=3,
                         )
         ax.set_xscale("log", base=2)
-        ticks = sorted({r[knob] for r in rows})
+        ticks = sorted(set(rows[knob]))
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
@@ -270,14 +275,16 @@ def eplb_rows(comparison: list[dict]) -> list[dict]:
 
 
 def eplb_markdown(comparison: list[dict], labels: tuple[str, str]) -> str:
-    lines = [
-        f"| kernel metric | {labels[0]} | {labels[1]} | change |",
-        "|---|---:|---:|---:|",
+    rows = [
+        (
+            r["label"],
+            f"{r['a']:,.2f}",
+            f"{r['b']:,.2f}",
+            "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
+        )
+        for r in eplb_rows(comparison)
     ]
-    for r in eplb_rows(comparison):
-        change = "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%"
-        lines.append(f"| {r['label']} | {r['a']:,.2f} | {r['b']:,.2f} | {change} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, ("kernel metric", *labels, "change"), align="lrrr")
 
 
 def _num(v: float) -> str:
@@ -354,15 +361,15 @@ def _find_corr(
             and bool(c.get("iqr_filter")) == iqr
         ):
             return c
-    c = correlation(
+    computed = correlation(
         [r.get(x) for r in pts],
         [r.get(y) for r in pts],
         method="spearman",
         iqr=iqr,
         labels=[r.get("run") for r in pts],
     )
-    row = c.to_json()
-    row["removed"] = [f"{i['label']} ({i['variable']})" for i in c.removed]
+    row = computed.to_json()
+    row["removed"] = [f"{i['label']} ({i['variable']})" for i in computed.removed]
     return row
 
 
@@ -465,36 +472,21 @@ def imbalance_figure(
 # --- routing views ----------------------------------------------------------------------------
 
 
-def _loads_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
-    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(dict)
-    for r in expert_loads:
-        if r.get("phase") == phase and r.get("load") is not None:
-            cells[r["run"]][(r["layer"], r["expert"])] = r["load"]
-    out = {}
-    for run, values in cells.items():
-        layers = max(k[0] for k in values) + 1
-        experts = max(k[1] for k in values) + 1
-        a = np.zeros((layers, experts))
-        for (layer, expert), v in values.items():
-            a[layer, expert] = v
-        out[run] = a
-    return out
-
-
-def _ranks_by_run(expert_loads: list[dict], phase: str = "all") -> dict[str, np.ndarray]:
-    """(layers, ranks) loads per run from the table's expert -> rank placement."""
-    cells: dict[str, dict[tuple[int, int], float]] = defaultdict(lambda: defaultdict(float))
-    for r in expert_loads:
-        if r.get("phase") == phase and r.get("load") is not None and r.get("rank") is not None:
-            cells[r["run"]][(r["layer"], r["rank"])] += r["load"]
-    out = {}
-    for run, values in cells.items():
-        layers = max(k[0] for k in values) + 1
-        ranks = max(k[1] for k in values) + 1
-        a = np.zeros((layers, ranks))
-        for (layer, rank), v in values.items():
-            a[layer, rank] = v
-        out[run] = a
+def _loads_by_run(expert_loads: list[dict], by: str, phase: str = "all") -> dict[str, np.ndarray]:
+    """(layers, experts) or (layers, ranks) loads per run: the phase's loads summed per layer
+    and `by` (`expert`, or `rank`: the table's expert -> rank placement)."""
+    table = frame(expert_loads)
+    if table.empty:
+        return {}
+    table = table[(table["phase"] == phase) & table["load"].notna() & table[by].notna()]
+    sums = table.groupby(["run", "layer", by], sort=False)["load"].sum()
+    out: dict[str, np.ndarray] = {}
+    for run, cells in sums.groupby(level="run", sort=False):
+        layer = cells.index.get_level_values("layer").to_numpy(dtype=int)
+        column = cells.index.get_level_values(by).to_numpy(dtype=int)
+        a = np.zeros((layer.max() + 1, column.max() + 1))
+        a[layer, column] = cells.to_numpy(dtype=float)
+        out[str(run)] = a
     return out
 
 
@@ -502,7 +494,7 @@ def heatmap_figures(
     runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path
 ) -> list[Figure]:
     imbalance = [r for r in runs if r.get("experiment") == "imbalance"]
-    loads = _loads_by_run(expert_loads)
+    loads = _loads_by_run(expert_loads, "expert")
     figures = []
     for k, mode in enumerate(modes):
         rows = sorted(
@@ -590,7 +582,7 @@ def rank_figure(
     runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path, note: str
 ) -> Figure | None:
     imbalance = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
-    ranks = _ranks_by_run(expert_loads)
+    ranks = _loads_by_run(expert_loads, "rank")
     rows = [r for r in imbalance if r["run"] in ranks]
     if not rows:
         return None

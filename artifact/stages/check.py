@@ -4,55 +4,80 @@ Loads `expected_results/<profile>.yaml` (artifact.config.claims), evaluates each
 query over the run directory's tidy tables and judges it (artifact.checker.rules): PASS,
 FAIL, SKIP or XFAIL, with expected and observed values and the reason. Prints the claims
 table and the provenance findings (artifact.study.audit), writes `check/claims.json`
-(verdicts, counts, hardware, findings) and `check/claims.md`, and ends with exit code 1
-when any claim FAILs (the stage itself is complete: its verdict is recorded, not an error).
+(verdicts, counts, hardware, findings; the plots stage's report reads it) and
+`check/claims.md`, and ends with exit code 1 when any claim FAILs (the stage itself is
+complete: its verdict is recorded, not an error).
 
 `--from-study DIR` is the audit: the study's own claims (`--profile perlmutter`) judged on
-the study's own raw data, imported as the run's tables, plus the provenance findings from
-its server logs.
+the study's own raw data, imported as the run's tables by the study-import stage first
+(artifact.study.layout), plus the provenance findings from its server logs.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.markup import escape
 
+from artifact.config.claims import claims_path
 from artifact.core.console import console
-from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.io import atomic_write_json, atomic_write_text, sha256_file
 from artifact.core.runner import Stage, StageContext, StageOutcome
-from artifact.stages.plots import add_study_options, claims_inputs
 
 SEVERITY = {"error": "red", "warning": "yellow"}
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from-study",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="use the original study's raw data (trace_collection/, load_imbalance/, eplb/) "
+        "as the run's tables; profile perlmutter, run dir runs/perlmutter-study by default",
+    )
+    parser.add_argument(
+        "--claims",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="claims file (default: the profile's expected_results)",
+    )
 
 
 class CheckStage(Stage):
     name = "check"
     description = "judge every claim against the expected results (exit 1 when one FAILs)"
-    upstream = ("datasets", "bench", "imbalance")
+    upstream: tuple[str, ...] = ("datasets", "bench", "imbalance")
     profile_sections = ("hardware", "modes", "experiments", "expected_results")
 
-    def __init__(self, study=None):
+    def __init__(self, study: Path | None = None):
         self.study = study
         if study is not None:
-            self.upstream = ("imbalance",)
+            self.upstream = ("study-import",)
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         add_study_options(parser)
 
-    def plan(self, args: argparse.Namespace) -> list[Stage]:
-        from artifact.study.layout import study_plan
+    def steps(self, args: argparse.Namespace) -> list[Stage]:
+        """This stage, after the study-import stage with --from-study."""
+        if getattr(args, "from_study", None) is None:
+            return [self]
+        from artifact.study.layout import study_import
 
-        return study_plan(args, self, CheckStage)
+        imported = study_import(args)
+        return [imported, CheckStage(study=imported.study)]
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
-        return claims_inputs(ctx)
+        path = claims_path(ctx.profile, getattr(ctx.args, "claims", None))
+        return {f"claims:{path.name}": sha256_file(path) if path.exists() else "missing"}
 
     def run(self, ctx: StageContext) -> StageOutcome:
         from artifact.checker import (
             check_run,
+            claims_markdown,
             counts,
-            markdown_table,
             payload,
             rich_table,
             summary_line,
@@ -80,7 +105,7 @@ class CheckStage(Stage):
             ),
         )
         md = f"# Claims: {ctx.profile.name}\n\n{summary_line(results)}; hardware `{hardware}`\n\n"
-        md += markdown_table(results)
+        md += claims_markdown(results)
         if found:
             md += "\n## Findings\n\n" + "".join(
                 f"- **{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})\n"
@@ -96,12 +121,10 @@ class CheckStage(Stage):
                 soft_wrap=True,
             )
         failed = [r.id for r in results if r.verdict == "FAIL"]
-        report = ctx.run_dir.path / "plots" / "report.html"
         return StageOutcome(
             summary=f"{summary_line(results)}"
             + (f" (FAIL: {', '.join(failed)})" if failed else "")
-            + f"; {out / 'claims.md'}"
-            + (f"; report {report}" if report.exists() else ""),
+            + f"; {out / 'claims.md'}",
             details={
                 "counts": counts(results),
                 "failed": failed,

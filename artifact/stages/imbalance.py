@@ -29,10 +29,11 @@ from artifact.core.io import atomic_write_json, atomic_write_text
 from artifact.core.layout import UnitDir
 from artifact.core.records import DatasetMetadata, ResultFile, UnitRecord, read_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.routing.aggregate import analyze_routing_log
 from artifact.routing.correlation import correlation_table
-from artifact.routing.tables import csv_text, write_run_tables
+from artifact.routing.tables import write_run_tables
 
 PERF_KEYS = (
     "completed",

@@ -11,9 +11,10 @@ Reads the study's layout as it is, with no conversion by hand:
   `datasets/dataset_metadata.json`;
 - `eplb/EPLBOFF.csv`, `eplb/EPLBON.csv` (artifact.profiling.nsys kernel summaries).
 
-and writes, into the run directory's `imbalance/` (it stands in for the imbalance stage
-there), the same tables the imbalance stage writes for our runs (`runs`, `per_layer`,
-`summary`, `expert_loads`, `legacy`, `default_vs_legacy`, `skipped`, `correlations`) plus
+and writes, into the run directory's `study-import/` (where the imbalance stage's folder is in
+a run directory of our own), the same tables the imbalance stage writes for our runs (`runs`,
+`per_layer`, `summary`, `expert_loads`, `legacy`, `default_vs_legacy`, `skipped`,
+`correlations`) plus
 `provenance` (one row per trace: what its name and card asked for and what its server log
 shows), `eplb.json` (both kernel summaries and their comparison) and `hardware.json`.
 
@@ -24,6 +25,7 @@ all2all-eplb, the mode it was meant to be.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -34,10 +36,11 @@ from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
 from artifact.core.manifest import hash_tree
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table
 from artifact.routing.aggregate import RunImbalance, analyze_gate_log_run
 from artifact.routing.readers import Skipped
-from artifact.routing.tables import csv_text, write_run_tables
+from artifact.routing.tables import write_run_tables
 from artifact.serving.metrics import csv_row, find_traces, open_trace, trace_report
 from artifact.serving.results import load_result
 from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
@@ -295,10 +298,11 @@ def import_study(study: Path, out: Path) -> dict[str, int]:
 
 
 class StudyImportStage(Stage):
-    """Stands in for the imbalance stage in a run directory made from the study's data."""
+    """The first step of `plots` / `check --from-study DIR`: the study's data as the run
+    directory's tables, under `study-import/` (artifact.checker.tables reads them there)."""
 
-    name = "imbalance"
-    description = "the original study's raw data as tidy tables (imbalance stage stand-in)"
+    name = "study-import"
+    description = "the original study's raw data as tidy tables"
     upstream = ()
     profile_sections = ()
 
@@ -324,16 +328,13 @@ class StudyImportStage(Stage):
         )
 
 
-def study_plan(args, stage: Stage, cls: type) -> list[Stage]:
-    """The stages a `--from-study DIR` command runs: import the study, then `cls(study)`;
-    without --from-study, just `stage`. Sets the study's default profile and run dir."""
-    study = getattr(args, "from_study", None)
-    if study is None:
-        return [stage]
-    study = Path(study)
+def study_import(args: argparse.Namespace) -> StudyImportStage:
+    """The import step of a `--from-study DIR` command. Sets the study's default profile
+    (perlmutter) and run directory (runs/<profile>-study)."""
+    study = Path(args.from_study)
     check_study(study)
     if not args.profile:
         args.profile = "perlmutter"
     if args.run_dir is None:
         args.run_dir = Path("runs") / f"{Path(args.profile).stem}-study"
-    return [StudyImportStage(study), cls(study=study)]
+    return StudyImportStage(study)

@@ -126,3 +126,20 @@ def test_bad_claims_file_is_one_line(run, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1
     assert "claim 'x.y', field 'relation'" in lines[0] and "give 'other'" in lines[0]
+
+
+def test_report_reads_the_verdicts_check_wrote(run, tmp_path):
+    from artifact.checker import read_verdicts
+    from artifact.core.errors import ArtifactError
+
+    run, args = run
+    assert main(["check", *args]) == 0
+    verdicts = read_verdicts(run / "check" / "claims.json")
+    assert len(verdicts.claims) == 7 and verdicts.hardware == "cpu"
+    broken = tmp_path / "claims.json"
+    data = json.loads((run / "check" / "claims.json").read_text())
+    del data["findings"]
+    broken.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError) as exc:
+        read_verdicts(broken)
+    assert "field 'findings'" in str(exc.value) and str(broken) in str(exc.value)

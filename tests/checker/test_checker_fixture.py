@@ -2,7 +2,7 @@
 
 `build_run_dir` writes what the datasets and bench stages would (dataset metadata, bench
 units with vLLM-format result files and `moe-routing` logs) and records both stages as
-complete; the tests then run the real imbalance, plots and check stages on it.
+complete; the tests then run the real imbalance, check and plots stages on it.
 """
 
 from __future__ import annotations

@@ -424,3 +424,48 @@ def test_hardware_ids():
     gpus = [{"name": "NVIDIA A100-SXM4-40GB"}] * 4
     assert hardware_id(gpus) == "nvidia-a100-sxm4-40gb-x4"
     assert hardware_id(["nvidia_a100"], 4) == "nvidia-a100-x4"
+
+
+def test_reduce_semantics():
+    from artifact.checker.query import reduce_values
+
+    assert reduce_values([2.0, 4.0, 6.0], "std") == pytest.approx(2.0)  # ddof=1
+    assert reduce_values([2.0, 4.0, 6.0], "cv") == pytest.approx(0.5)
+    assert reduce_values([5.0], "std") == 0.0 and reduce_values([5.0], "cv") == 0.0
+    assert reduce_values([-1.0, 1.0], "cv") == 0.0  # mean 0
+    assert reduce_values([1.0, 7.0, 2.0], "max_gap") == 5.0
+    assert reduce_values([3.0, 1.0], "first") == 3.0 and reduce_values([3.0, 1.0], "range") == 2
+    assert reduce_values([], "count") == 0.0 and reduce_values([], "mean") is None
+    assert reduce_values(["a", "b", "a", 1.0], "nunique") == 3.0
+
+
+def test_where_conditions_on_a_dataframe(tmp_path):
+    from artifact.checker.query import run_query
+    from artifact.config.claims import Query
+
+    rows = [
+        {"run": "a", "mode": "x", "seqs": 8, "v": 1.0, "tag": "t"},
+        {"run": "b", "mode": "y", "seqs": None, "v": 2.0, "tag": {"k": 1}},
+        {"run": "c", "mode": "z", "seqs": 2, "v": None},
+        {"run": "d", "mode": "x", "seqs": 8.0 + 1e-14, "v": 4.0, "tag": True},
+    ]
+    tables = tables_of(tmp_path, runs=rows)
+
+    def query(**q):
+        return run_query(Query(table="runs", **q), tables, {"sweep": {"seqs": 2}})
+
+    s = query(where={"mode": ["x", "y"]}, column="v")
+    assert s.values == [1.0, 2.0, 4.0] and list(s.rows["run"]) == ["a", "b", "d"]
+    assert query(where={"seqs": 8}, column="v").values == [1.0, 4.0]  # 1e-12 tolerance
+    assert query(where={"seqs": {"gt": 2, "ne": 9}}, column="v").values == [1.0, 4.0]
+    assert query(where={"seqs": None}, column="v").values == [2.0]
+    s = query(where={"seqs": "$profile.sweep.seqs"}, column="run", reduce="count")
+    assert s.values == ["c"] and s.scalar == 1.0
+    s = query(where={"mode": {"ne": "y"}}, column="v")
+    assert s.values == [1.0, 4.0] and s.missing == 1
+    s = query(where={"seqs": "$min"}, column="run", reduce="nunique")
+    assert s.conditions == {"seqs": 2} and s.values == ["c"]
+    # count / nunique take any value: text, objects (as JSON), bools as numbers
+    assert query(column="tag", reduce="count").values == ["t", '{"k": 1}', 1.0]
+    s = query(where={"mode": "x"}, column="v", by="seqs")
+    assert s.groups() == {8: [1.0], 8.0 + 1e-14: [4.0]}

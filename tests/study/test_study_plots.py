@@ -9,7 +9,6 @@ import pytest
 
 from artifact.cli import main
 from artifact.stages.plots import STAGE
-from artifact.study.layout import study_plan
 
 pytestmark = pytest.mark.study
 
@@ -52,7 +51,7 @@ def test_figures_1_to_5_and_table_1(study_data, plotted):
 
 
 def test_study_tables_come_from_the_library_readers(study_data, plotted):
-    runs = json.loads((plotted / "imbalance" / "runs.json").read_text())
+    runs = json.loads((plotted / "study-import" / "runs.json").read_text())
     sweep = [r for r in runs if r["experiment"] == "config_sweep"]
     imbalance = [r for r in runs if r["experiment"] == "imbalance"]
     ablation = {r["mode"] for r in runs if r["experiment"] == "eplb_ablation"}
@@ -62,13 +61,14 @@ def test_study_tables_come_from_the_library_readers(study_data, plotted):
     )
     row = next(r for r in imbalance if r["run"] == "imbalance/baseline/001_0.7585/rep00")
     assert row["imb_legacy-per-step"] == pytest.approx(legacy["gates_logs_01"], rel=1e-9)
-    record = json.loads((plotted / "manifest.json").read_text())["stages"]["imbalance"]
+    record = json.loads((plotted / "manifest.json").read_text())["stages"]["study-import"]
     assert record["details"]["from_study"] == str(study_data.resolve())
 
 
 def test_from_study_defaults_to_perlmutter_and_its_own_run_dir(study_data):
     args = argparse.Namespace(from_study=study_data, profile=None, run_dir=None)
-    stages = study_plan(args, STAGE, type(STAGE))
-    assert [s.name for s in stages] == ["imbalance", "plots"]
-    assert stages[1].upstream == ("imbalance",)
+    stages = STAGE.steps(args)
+    assert [s.name for s in stages] == ["study-import", "check", "plots"]
+    assert stages[1].upstream == ("study-import",)
+    assert stages[2].upstream == ("study-import", "check")
     assert args.profile == "perlmutter" and args.run_dir == Path("runs/perlmutter-study")

@@ -46,6 +46,7 @@ import torch
 from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.tables import csv_text, markdown_table
 from artifact.gpu.kernels.layer import (
     IMPLEMENTATIONS,
     MoEFn,
@@ -59,7 +60,6 @@ from artifact.gpu.kernels.loads import LoadSource
 from artifact.gpu.kernels.plot import plot_results
 from artifact.gpu.kernels.routing import RoutingSpec, ids_from_loads, routing_weights, scale_loads
 from artifact.routing.measures import ExpertPlacement, max_mean, rank_loads, rank_max_mean
-from artifact.routing.tables import csv_text, markdown_table
 
 if TYPE_CHECKING:
     from artifact.gpu.kernels.triton_moe import ConfigTable

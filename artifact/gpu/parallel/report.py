@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from artifact.core.io import atomic_open, atomic_write_json, atomic_write_text
+from artifact.core.tables import csv_text, markdown_table
 from artifact.gpu.parallel.options import COMM_PHASES
 from artifact.routing.measures import max_mean
-from artifact.routing.tables import csv_text, markdown_table
 
 RESULT_COLUMNS = (
     "card",
