@@ -173,3 +173,36 @@ def correlation_table(
                     row["removed"] = [f"{i['label']} ({i['variable']})" for i in c.removed]
                     out.append(row)
     return out
+
+
+# The columns correlated in the correlations table (ours and the study import).
+PERF_METRICS = (
+    "mean_ttft_ms",
+    "mean_tpot_ms",
+    "mean_itl_ms",
+    "mean_e2el_ms",
+    "output_throughput",
+    "request_throughput",
+)
+IMBALANCE_MEASURES = (
+    "imb_cv",
+    "imb_max_mean",
+    "imb_entropy",
+    "imb_gini",
+    "imb_rank_max_mean",
+    "imb_rank_max_mean_ratio_of_sums",
+)
+
+
+def correlations(rows: list[dict], measures: tuple[str, ...]) -> list[dict]:
+    """Per mode: predicted score vs each measure and performance metric, and each measure
+    vs each performance metric; Pearson and Spearman, without and with the 1.5 x IQR filter."""
+    out = []
+    for iqr in (False, True):
+        for x_keys, y_keys in (
+            (("predicted_score",), measures + PERF_METRICS),
+            (measures, PERF_METRICS),
+        ):
+            for item in correlation_table(rows, x_keys, y_keys, iqr=iqr):
+                out.append({**item, "iqr_filter": iqr})
+    return out

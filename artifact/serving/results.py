@@ -42,6 +42,19 @@ METRICS = ("ttft", "tpot", "itl", "e2el")
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 REL_TOL = 1e-9
+# The performance columns of the runs table (ours and the study import), one row per result.
+PERF_KEYS = (
+    "completed",
+    "num_prompts",
+    "duration",
+    "total_input_tokens",
+    "total_output_tokens",
+    "request_throughput",
+    "input_throughput",
+    "output_throughput",
+    "total_token_throughput",
+)
+SUMMARY_STATS = ("mean", "median", "std", "p50", "p90", "p99")
 SUMMARY_KEY = re.compile(r"^(mean|median|std|p(\d+(?:\.\d+)?))_(ttft|tpot|itl|e2el)_ms$")
 
 

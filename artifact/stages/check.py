@@ -64,7 +64,7 @@ class CheckStage(Stage):
         """This stage, after the study-import stage with --from-study."""
         if getattr(args, "from_study", None) is None:
             return [self]
-        from artifact.study.layout import study_import
+        from artifact.stages.study_import import study_import
 
         imported = study_import(args)
         return [imported, CheckStage(study=imported.study)]

@@ -32,52 +32,9 @@ from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.routing.aggregate import analyze_routing_log
-from artifact.routing.correlation import correlation_table
+from artifact.routing.correlation import IMBALANCE_MEASURES, correlations
 from artifact.routing.tables import write_run_tables
-
-PERF_KEYS = (
-    "completed",
-    "num_prompts",
-    "duration",
-    "total_input_tokens",
-    "total_output_tokens",
-    "request_throughput",
-    "input_throughput",
-    "output_throughput",
-    "total_token_throughput",
-)
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
-STATS = ("mean", "median", "std", "p50", "p90", "p99")
-PERF_METRICS = (
-    "mean_ttft_ms",
-    "mean_tpot_ms",
-    "mean_itl_ms",
-    "mean_e2el_ms",
-    "output_throughput",
-    "request_throughput",
-)
-IMBALANCE_MEASURES = (
-    "imb_cv",
-    "imb_max_mean",
-    "imb_entropy",
-    "imb_gini",
-    "imb_rank_max_mean",
-    "imb_rank_max_mean_ratio_of_sums",
-)
-
-
-def correlations(rows: list[dict], measures: tuple[str, ...]) -> list[dict]:
-    """Per mode: predicted score vs each measure and performance metric, and each measure
-    vs each performance metric; Pearson and Spearman, without and with the 1.5 x IQR filter."""
-    out = []
-    for iqr in (False, True):
-        for x_keys, y_keys in (
-            (("predicted_score",), measures + PERF_METRICS),
-            (measures, PERF_METRICS),
-        ):
-            for item in correlation_table(rows, x_keys, y_keys, iqr=iqr):
-                out.append({**item, "iqr_filter": iqr})
-    return out
+from artifact.serving.results import METRICS, PERF_KEYS, SUMMARY_STATS
 
 
 def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
@@ -105,8 +62,8 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
                 "mean_input_tokens": result.get("total_input_tokens") / max(result.completed, 1),
             }
             row.update({k: result.get(k) for k in PERF_KEYS})
-            for lat in LATENCIES:
-                for stat in STATS:
+            for lat in METRICS:
+                for stat in SUMMARY_STATS:
                     row[f"{stat}_{lat}_ms"] = result.get(f"{stat}_{lat}_ms")
             out.append((row, folder.path / run.routing))
     return out

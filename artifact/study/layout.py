@@ -25,7 +25,6 @@ all2all-eplb, the mode it was meant to be.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -35,15 +34,14 @@ from artifact.checker.tables import hardware_id
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, atomic_write_text, read_json
 from artifact.core.manifest import hash_tree
-from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.core.tables import csv_text
 from artifact.profiling.nsys import eplb_table
 from artifact.routing.aggregate import RunImbalance, analyze_gate_log_run
+from artifact.routing.correlation import IMBALANCE_MEASURES, correlations
 from artifact.routing.readers import Skipped
 from artifact.routing.tables import write_run_tables
 from artifact.serving.metrics import csv_row, find_traces, open_trace, trace_report
-from artifact.serving.results import load_result
-from artifact.stages.imbalance import IMBALANCE_MEASURES, PERF_KEYS, correlations
+from artifact.serving.results import PERF_KEYS, load_result
 from artifact.study.audit import log_provenance
 from artifact.study.cards import card_gpu_count, card_hardware, read_card
 from artifact.study.traces import parse_trace_name
@@ -295,46 +293,3 @@ def import_study(study: Path, out: Path) -> dict[str, int]:
         "correlations": len(corr),
         "eplb": int(eplb is not None),
     }
-
-
-class StudyImportStage(Stage):
-    """The first step of `plots` / `check --from-study DIR`: the study's data as the run
-    directory's tables, under `study-import/` (artifact.checker.tables reads them there)."""
-
-    name = "study-import"
-    description = "the original study's raw data as tidy tables"
-    upstream = ()
-    profile_sections = ()
-
-    def __init__(self, study: Path):
-        self.study = Path(study)
-
-    def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
-        return {f"study:{self.study.resolve()}": study_hash(self.study)}
-
-    def run(self, ctx: StageContext) -> StageOutcome:
-        if ctx.run_dir.record("bench"):
-            raise ArtifactError(
-                "this run directory holds the artifact's own runs; give --from-study a "
-                "run directory of its own (--run-dir)",
-                path=ctx.run_dir.path,
-            )
-        counts = import_study(self.study, ctx.stage_dir(self.name))
-        return StageOutcome(
-            summary=f"the study's data at {self.study}: {counts['traces']} traces, "
-            f"{counts['imbalance_runs']} imbalance runs, {counts['correlations']} correlations"
-            + (", EPLB kernel comparison" if counts["eplb"] else ""),
-            details={"from_study": str(self.study.resolve()), **counts},
-        )
-
-
-def study_import(args: argparse.Namespace) -> StudyImportStage:
-    """The import step of a `--from-study DIR` command. Sets the study's default profile
-    (perlmutter) and run directory (runs/<profile>-study)."""
-    study = Path(args.from_study)
-    check_study(study)
-    if not args.profile:
-        args.profile = "perlmutter"
-    if args.run_dir is None:
-        args.run_dir = Path("runs") / f"{Path(args.profile).stem}-study"
-    return StudyImportStage(study)
