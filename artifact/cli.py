@@ -85,11 +85,15 @@ def _run_one_stage(stage: Stage, args: argparse.Namespace) -> int:
 
 @dataclass
 class StageCommand:
-    """A pipeline stage (or a GPU stage); `load` imports its module and returns its STAGE."""
+    """A pipeline stage (or a GPU stage): the STAGE of module `artifact.stages.<name>`."""
 
     name: str
     help: str
-    load: Callable[[], Stage]
+
+    def load(self) -> Stage:
+        from artifact.stages import load_stage
+
+        return load_stage(self.name)
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         _common_stage_options(parser)
@@ -159,61 +163,7 @@ class ReproduceCommand:
         return _run_pipeline(args)
 
 
-# Each loader imports one module, when its command is chosen.
-
-
-def _install() -> Stage:
-    from artifact.stages.install import STAGE
-
-    return STAGE
-
-
-def _datasets() -> Stage:
-    from artifact.stages.datasets import STAGE
-
-    return STAGE
-
-
-def _serve() -> Stage:
-    from artifact.stages.serve import STAGE
-
-    return STAGE
-
-
-def _bench() -> Stage:
-    from artifact.stages.bench import STAGE
-
-    return STAGE
-
-
-def _imbalance() -> Stage:
-    from artifact.stages.imbalance import STAGE
-
-    return STAGE
-
-
-def _check() -> Stage:
-    from artifact.stages.check import STAGE
-
-    return STAGE
-
-
-def _plots() -> Stage:
-    from artifact.stages.plots import STAGE
-
-    return STAGE
-
-
-def _kernels() -> Stage:
-    from artifact.stages.kernels import STAGE
-
-    return STAGE
-
-
-def _parallel() -> Stage:
-    from artifact.stages.parallel import STAGE
-
-    return STAGE
+# Each tool loader imports one module, when its command is chosen.
 
 
 def _predictor() -> Tool:
@@ -268,42 +218,26 @@ STAGES: dict[str, StageCommand] = {
     c.name: c
     for c in (
         StageCommand(
-            "install",
-            "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)",
-            _install,
+            "install", "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)"
         ),
         StageCommand(
-            "datasets",
-            "generate the workload datasets and their predicted imbalance scores",
-            _datasets,
+            "datasets", "generate the workload datasets and their predicted imbalance scores"
         ),
         StageCommand(
-            "serve", "start each mode's server once, check health and record its provenance", _serve
+            "serve", "start each mode's server once, check health and record its provenance"
         ),
         StageCommand(
-            "bench",
-            "run the experiments (sweep, EPLB ablation, imbalance), capturing routing",
-            _bench,
+            "bench", "run the experiments (sweep, EPLB ablation, imbalance), capturing routing"
         ),
         StageCommand(
-            "imbalance",
-            "routing logs -> imbalance measures and their correlation with performance",
-            _imbalance,
+            "imbalance", "routing logs -> imbalance measures and their correlation with performance"
         ),
         StageCommand(
-            "check",
-            "judge every claim against the expected results (exit 1 when one FAILs)",
-            _check,
+            "check", "judge every claim against the expected results (exit 1 when one FAILs)"
         ),
-        StageCommand(
-            "plots", "regenerate every figure and table, and report.md / report.html", _plots
-        ),
-        StageCommand(
-            "kernels", "MoE layer kernel microbenchmarks under real routing (one GPU)", _kernels
-        ),
-        StageCommand(
-            "parallel", "MoE layer TP vs EP over NCCL on this machine's GPUs (torchrun)", _parallel
-        ),
+        StageCommand("plots", "regenerate every figure and table, and report.md / report.html"),
+        StageCommand("kernels", "MoE layer kernel microbenchmarks under real routing (one GPU)"),
+        StageCommand("parallel", "MoE layer TP vs EP over NCCL on this machine's GPUs (torchrun)"),
     )
 }
 

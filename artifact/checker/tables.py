@@ -72,13 +72,14 @@ class RunTables:
     def __init__(self, run_dir: str | Path):
         self.run_dir = RunDir(run_dir)
         self.path = self.run_dir.path
+        self.layout = self.run_dir.layout
         # A run directory of the study's data has its tables from the study-import stage.
         self.tables_stage = "study-import" if self.run_dir.record("study-import") else "imbalance"
         self._cache: dict[str, list[dict]] = {}
         self._frames: dict[str, pd.DataFrame] = {}
 
     def _imbalance(self, name: str) -> Path:
-        return self.path / self.tables_stage / f"{name}.json"
+        return self.layout.table(name, stage=self.tables_stage)
 
     def has(self, name: str) -> bool:
         try:
@@ -107,7 +108,7 @@ class RunTables:
                 )
             rows = read_json(path)
         elif name == "datasets":
-            meta = read_json(self.path / "datasets" / "metadata.json")
+            meta = read_json(self.layout.dataset_metadata)
             rows = sorted(meta["datasets"], key=lambda d: d["score"])
             rows = [{**d, "index": i, "name": Path(d["file"]).stem} for i, d in enumerate(rows)]
         elif name == "provenance":
@@ -131,8 +132,8 @@ class RunTables:
         if own.exists():
             return read_json(own)
         rows = []
-        bench = self.path / "bench"
-        for path in sorted(bench.rglob("provenance.json")):
+        bench = self.layout.stage("bench")
+        for path in self.layout.bench_provenances():
             rel = path.parent.relative_to(bench)
             parts = rel.parts
             row: dict[str, Any] = {"path": rel.as_posix()}

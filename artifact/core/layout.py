@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact.core.tables import table_file
+
 RUN_LABEL = "run"  # measured runs: run.repNN.json and run.repNN.routing
 PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
 UNIT_RECORD = "unit.json"
@@ -50,6 +52,11 @@ class UnitDir:
     @property
     def server_log(self) -> Path:
         return self.path / "server.log"
+
+    @property
+    def routing_control(self) -> Path:
+        """The routing plugin's control file (vLLM engine), beside the server log."""
+        return self.path / "routing-control.json"
 
     @property
     def nsys_report(self) -> Path:
@@ -100,6 +107,14 @@ class RunLayout:
     @property
     def images_record(self) -> Path:
         return self.stage("install") / "images.json"
+
+    def image_record(self, name: str, suffix: str = "json") -> Path:
+        """`install/images/<name>.<suffix>`: one built image (`.build.json`: the build's info)."""
+        return self.stage("install") / "images" / f"{name}.{suffix}"
+
+    def install_log(self, name: str) -> Path:
+        """`install/logs/<name>.log`: an image build or the weights download."""
+        return self.stage("install") / "logs" / f"{name}.log"
 
     # datasets
     @property
@@ -155,9 +170,10 @@ class RunLayout:
         return self.stage("bench") / "replay"
 
     # imbalance
-    def imbalance_table(self, name: str, ext: str = "json") -> Path:
-        """`imbalance/<name>.<ext>`: runs, correlations, per_layer, ..., eplb."""
-        return self.stage("imbalance") / f"{name}.{ext}"
+    def table(self, name: str, ext: str = "json", stage: str = "imbalance") -> Path:
+        """`<stage>/<name>.<ext>`: runs, correlations, per_layer, ..., eplb (stage imbalance,
+        or study-import for a run directory of the study's data)."""
+        return table_file(self.stage(stage), name, ext)
 
     def kernel_summary(self, report: Path) -> Path:
         """The CUDA kernel summary of an nsys report under bench/ (`nsys stats`)."""

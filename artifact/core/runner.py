@@ -65,10 +65,9 @@ class StageOutcome:
 
 
 class Stage:
-    """Base class: set `name`, `description`, `upstream`, `profile_sections`; implement run()."""
+    """Base class: set `name`, `upstream`, `profile_sections`; implement run()."""
 
     name: str = ""
-    description: str = ""
     # Stages whose outputs this stage reads; their files are this stage's hashed inputs.
     upstream: tuple[str, ...] = ()
     # Top-level profile sections whose change invalidates this stage's outputs.

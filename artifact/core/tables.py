@@ -9,7 +9,10 @@ importing this module (and the CLI) stays fast.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from artifact.core.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,3 +60,24 @@ def markdown_table(rows: Rows, columns: Sequence[str], align: str = "") -> str:
     lines = ["| " + " | ".join(map(_markdown_cell, columns)) + " |", "|" + rule]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def table_file(folder: Path, name: str, ext: str = "json") -> Path:
+    """Where a table lives in a folder of tables: `<folder>/<name>.<ext>` (csv or json)."""
+    return Path(folder) / f"{name}.{ext}"
+
+
+def write_table(
+    folder: str | Path, name: str, rows: list[dict], columns: Sequence[str] | None = None
+) -> list[Path]:
+    """A table as `<name>.csv` and `<name>.json` in folder, atomically. Columns: `columns`,
+    else every key of the rows in first-seen order."""
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        columns = list(seen)
+    csv_path, json_path = table_file(Path(folder), name, "csv"), table_file(Path(folder), name)
+    atomic_write_text(csv_path, csv_text(rows, columns))
+    atomic_write_json(json_path, rows)
+    return [csv_path, json_path]

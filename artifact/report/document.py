@@ -124,9 +124,8 @@ class Report:
                 )
         return HTML_TEMPLATE.format(title=html.escape(self.title), body="\n".join(body))
 
-    def write(self, out_dir: Path) -> tuple[Path, Path]:
-        md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-        atomic_write_text(md_path, self.markdown(out_dir))
+    def write(self, md_path: Path, html_path: Path) -> tuple[Path, Path]:
+        atomic_write_text(md_path, self.markdown(md_path.parent))
         atomic_write_text(html_path, self.html())
         return md_path, html_path
 

@@ -19,8 +19,6 @@ reported and the top-level values are their means.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import re
@@ -33,6 +31,7 @@ import numpy as np
 from rich.text import Text
 
 from artifact.core.errors import ArtifactError
+from artifact.core.tables import csv_text
 from artifact.engines.vllm.provenance import parse_log
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
@@ -523,17 +522,13 @@ def csv_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV: every key any row has, in first-seen order, `notes` last."""
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     columns.remove("notes")
     columns.append("notes")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return buf.getvalue()
+    return csv_text(rows, columns)
 
 
 # --- CLI tool: moe-artifact metrics -----------------------------------------------------------

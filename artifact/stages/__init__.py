@@ -12,13 +12,6 @@ import importlib
 from artifact.core.runner import Stage
 
 
-def load_stage(name: str) -> Stage | None:
-    """The stage object, or None when its module does not exist yet."""
-    module_name = f"{__name__}.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return module.STAGE
+def load_stage(name: str) -> Stage:
+    """The stage object of module `artifact.stages.<name>`."""
+    return importlib.import_module(f"{__name__}.{name}").STAGE

@@ -261,7 +261,6 @@ class Replayer:
 
 class BenchStage(Stage):
     name = "bench"
-    description = "run the experiments (sweep, EPLB ablation, imbalance), capturing routing"
     # serve checked every mode first; bench reads none of its files (a later experiment's
     # serve run adds files there and must not make this stage's earlier units stale).
     upstream = ("install", "datasets")

@@ -48,7 +48,6 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 class CheckStage(Stage):
     name = "check"
-    description = "judge every claim against the expected results (exit 1 when one FAILs)"
     upstream: tuple[str, ...] = ("datasets", "bench", "imbalance")
     profile_sections = ("hardware", "modes", "experiments", "expected_results")
 
@@ -91,9 +90,8 @@ class CheckStage(Stage):
         )
         found = findings(tables)
         hardware = tables.hardware()
-        out = ctx.stage_dir(self.name)
         atomic_write_json(
-            out / "claims.json",
+            ctx.layout.claims_json,
             payload(
                 results,
                 profile=ctx.profile.name,
@@ -111,7 +109,7 @@ class CheckStage(Stage):
                 f"- **{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})\n"
                 for f in found
             )
-        atomic_write_text(out / "claims.md", md)
+        atomic_write_text(ctx.layout.claims_md, md)
         title = f"claims of {ctx.profile.name} on {ctx.run_dir.path} (hardware {hardware})"
         console.print(rich_table(results, title=title))
         for f in found:
@@ -124,7 +122,7 @@ class CheckStage(Stage):
         return StageOutcome(
             summary=f"{summary_line(results)}"
             + (f" (FAIL: {', '.join(failed)})" if failed else "")
-            + f"; {out / 'claims.md'}",
+            + f"; {ctx.layout.claims_md}",
             details={
                 "counts": counts(results),
                 "failed": failed,

@@ -42,7 +42,6 @@ def to_jsonl(prompts: list[dict]) -> str:
 
 class DatasetsStage(Stage):
     name = "datasets"
-    description = "generate the workload datasets and their predicted imbalance scores"
     # experiments: the sweep's and the ablation's prompt counts size their prompt files
     profile_sections = ("datasets", "experiments")
 

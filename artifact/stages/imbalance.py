@@ -25,11 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifact.core.console import console, track
-from artifact.core.io import atomic_write_json, atomic_write_text
+from artifact.core.io import atomic_write_json
 from artifact.core.layout import UnitDir
 from artifact.core.records import DatasetMetadata, ResultFile, UnitRecord, read_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
-from artifact.core.tables import csv_text
+from artifact.core.tables import write_table
 from artifact.profiling.nsys import eplb_table, export_kernel_summary, nsys_version
 from artifact.routing.aggregate import analyze_routing_log
 from artifact.routing.correlation import IMBALANCE_MEASURES, correlations
@@ -103,7 +103,6 @@ def ablation_table(ctx: StageContext, summaries: dict[Path, Path]) -> dict | Non
 
 class ImbalanceStage(Stage):
     name = "imbalance"
-    description = "routing logs -> imbalance measures and their correlation with performance"
     upstream = ("datasets", "bench")
     # modes: which of the ablation's modes has EPLB on orders the EPLB table
     profile_sections = ("experiments", "modes")
@@ -119,20 +118,14 @@ class ImbalanceStage(Stage):
             row.update({f"imb_{k}": v for k, v in analysed.headline().items()})
             rows.append(row)
         write_run_tables(layout.stage(self.name), results)
-        columns = list(rows[0]) if rows else []
-        atomic_write_text(layout.imbalance_table("runs", "csv"), csv_text(rows, columns))
-        atomic_write_json(layout.imbalance_table("runs"), rows)
+        write_table(layout.stage(self.name), "runs", rows)
         imbalance_rows = [r for r in rows if r["experiment"] == "imbalance"]
         correlation_rows = correlations(imbalance_rows, IMBALANCE_MEASURES)
-        columns = list(correlation_rows[0]) if correlation_rows else []
-        atomic_write_text(
-            layout.imbalance_table("correlations", "csv"), csv_text(correlation_rows, columns)
-        )
-        atomic_write_json(layout.imbalance_table("correlations"), correlation_rows)
+        write_table(layout.stage(self.name), "correlations", correlation_rows)
         summaries = kernel_summaries(ctx)
         eplb = ablation_table(ctx, summaries)
         if eplb is not None:
-            atomic_write_json(layout.imbalance_table("eplb"), eplb)
+            atomic_write_json(layout.table("eplb"), eplb)
         events = sum(r["routing_events"] for r in rows)
         kernels = f", {len(summaries)} nsys kernel summaries" if summaries else ""
         return StageOutcome(

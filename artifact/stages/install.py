@@ -45,7 +45,6 @@ def installed_model_dir(ctx: StageContext) -> Path:
 
 class InstallStage(Stage):
     name = "install"
-    description = "prepare the engine's model and tokenizer (seeded locally, hub/image on HPC)"
     # modes: a mode may name its own image and vLLM build
     profile_sections = ("model", "engine", "modes")
 
@@ -54,7 +53,7 @@ class InstallStage(Stage):
         if spec.source == "hub":
             from artifact.engines.vllm.hpc_install import install_hub
 
-            hub, summary = install_hub(ctx.profile, ctx.stage_dir(self.name))
+            hub, summary = install_hub(ctx.profile, ctx.layout)
             write_record(ctx.layout.model_record, ModelRecord.model_validate(hub))
             return StageOutcome(summary=summary)
         from artifact.engines.transformers.seeded_model import build_model, fingerprint

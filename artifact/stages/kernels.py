@@ -79,7 +79,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 class KernelsStage(Stage):
     name = "kernels"
-    description = "MoE layer kernel microbenchmarks under real routing (one GPU)"
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(

@@ -50,7 +50,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 class ParallelStage(Stage):
     name = "parallel"
-    description = "MoE layer TP vs EP over NCCL on this machine's GPUs (torchrun)"
 
     def configure_parser(self, parser: argparse.ArgumentParser) -> None:
         add_options(parser)

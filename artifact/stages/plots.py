@@ -31,7 +31,6 @@ from artifact.stages.check import add_study_options
 
 class PlotsStage(Stage):
     name = "plots"
-    description = "regenerate every figure and table, and report.md / report.html (check first)"
     upstream: tuple[str, ...] = ("datasets", "bench", "imbalance", "check")
     profile_sections = ("hardware", "modes", "experiments", "expected_results")
 
@@ -66,7 +65,7 @@ class PlotsStage(Stage):
         check_fresh(ctx.run_dir, self.upstream)
         out = ctx.stage_dir(self.name)
         tables = RunTables(ctx.run_dir.path)
-        verdicts = read_verdicts(ctx.stage_dir(CHECK.name) / "claims.json")
+        verdicts = read_verdicts(ctx.layout.claims_json)
         iqr = bool(getattr(ctx.args, "iqr_filter", False))
         figures, extra = make_figures(tables, ctx.profile, out, iqr=iqr, findings=verdicts.findings)
         source = (
@@ -83,9 +82,9 @@ class PlotsStage(Stage):
             findings=verdicts.findings,
             source=source,
         )
-        _, html = report.write(out)
+        _, html = report.write(ctx.layout.report_md, ctx.layout.report_html)
         atomic_write_json(
-            out / "figures.json",
+            ctx.layout.figures,
             [
                 {
                     "number": f.number,

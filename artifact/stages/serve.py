@@ -60,7 +60,6 @@ def check_provenance(engine, mode: str, limits: ServerLimits, provenance: dict) 
 
 class ServeStage(Stage):
     name = "serve"
-    description = "start each mode's server once, check health and record its provenance"
     upstream = ("install",)
     profile_sections = ("model", "engine", "modes", "experiments")
     per_experiment = True

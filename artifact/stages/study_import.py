@@ -20,7 +20,6 @@ class StudyImportStage(Stage):
     directory's tables, under `study-import/` (artifact.checker.tables reads them there)."""
 
     name = "study-import"
-    description = "the original study's raw data as tidy tables"
     upstream = ()
     profile_sections = ()
 

@@ -32,9 +32,9 @@ from typing import Any
 
 from artifact.checker.tables import hardware_id
 from artifact.core.errors import ArtifactError
-from artifact.core.io import atomic_write_json, atomic_write_text, read_json
+from artifact.core.io import atomic_write_json, read_json
 from artifact.core.manifest import hash_tree
-from artifact.core.tables import csv_text
+from artifact.core.tables import table_file, write_table
 from artifact.profiling.nsys import eplb_table
 from artifact.routing.aggregate import RunImbalance, analyze_gate_log_run
 from artifact.routing.correlation import IMBALANCE_MEASURES, correlations
@@ -246,14 +246,6 @@ def study_eplb_table(root: Path) -> dict | None:
     return eplb_table(pairs)
 
 
-def _write(out: Path, name: str, rows: list[dict]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    atomic_write_text(out / f"{name}.csv", csv_text(rows, columns))
-    atomic_write_json(out / f"{name}.json", rows)
-
-
 def import_study(study: Path, out: Path) -> dict[str, int]:
     """Write the study's tables under `out`; returns counts for the stage summary."""
     check_study(study)
@@ -271,21 +263,21 @@ def import_study(study: Path, out: Path) -> dict[str, int]:
         imb_rows, results, skipped = imbalance_tables(study / "load_imbalance")
         runs += imb_rows
     write_run_tables(out, results, skipped)
-    _write(out, "runs", runs)
-    _write(out, "provenance", provenance)
-    atomic_write_json(out / "log_flags.json", flags)
+    write_table(out, "runs", runs)
+    write_table(out, "provenance", provenance)
+    atomic_write_json(table_file(out, "log_flags"), flags)
     imbalance_rows = [r for r in runs if r["experiment"] == "imbalance"]
     corr = correlations(imbalance_rows, IMBALANCE_MEASURES + LEGACY_MEASURES)
-    _write(out, "correlations", corr)
+    write_table(out, "correlations", corr)
     eplb = study_eplb_table(study / "eplb") if (study / "eplb").is_dir() else None
     if eplb is not None:
-        atomic_write_json(out / "eplb.json", eplb)
+        atomic_write_json(table_file(out, "eplb"), eplb)
     ids = sorted(set(hardware))
     atomic_write_json(
-        out / "hardware.json",
+        table_file(out, "hardware"),
         {"id": ids[0] if len(ids) == 1 else "unknown", "cards": ids, "source": "workload cards"},
     )
-    atomic_write_json(out / "source.json", {"study": str(study.resolve())})
+    atomic_write_json(table_file(out, "source"), {"study": str(study.resolve())})
     return {
         "runs": len(runs),
         "imbalance_runs": len(imbalance_rows),

@@ -52,8 +52,8 @@ def test_paths_keep_their_names(tmp_path):
         "parallel_log": "parallel/torchrun.log",
     }
     assert run.dataset("001_0.1234.jsonl") == tmp_path / "datasets" / "001_0.1234.jsonl"
-    assert run.imbalance_table("runs", "csv") == tmp_path / "imbalance" / "runs.csv"
-    assert run.imbalance_table("eplb") == tmp_path / "imbalance" / "eplb.json"
+    assert run.table("runs", "csv") == tmp_path / "imbalance" / "runs.csv"
+    assert run.table("eplb") == tmp_path / "imbalance" / "eplb.json"
     serve = run.serve_mode("eager")
     assert serve.provenance == tmp_path / "serve" / "eager" / "provenance.json"
     assert serve.server_log == tmp_path / "serve" / "eager" / "server.log"

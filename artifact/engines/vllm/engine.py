@@ -47,6 +47,7 @@ from typing import NamedTuple, NoReturn
 from artifact.config.profiles import Mode
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json
+from artifact.core.layout import RunLayout, UnitDir
 from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
 from artifact.engines.vllm.plugin import CONTROL_ENV
 from artifact.engines.vllm.provenance import (
@@ -140,7 +141,7 @@ class VllmServer(Server):
         self.engine = engine
         self.mode_name = mode_name
         self.container = container
-        self.control_path = self.log_path.parent / "routing-control.json"
+        self.control_path = UnitDir(self.log_path.parent).routing_control
         self.nsys_report: Path | None = None
         self._routing: Path | None = None
 
@@ -491,7 +492,7 @@ class VllmEngine(Engine):
         inner = self.serve_args(mode, limits, port)
         if nsys_report is not None:
             inner = self.nsys_args(nsys_report) + inner
-        control = (log_path.parent / "routing-control.json") if log_path else None
+        control = UnitDir(log_path.parent).routing_control if log_path else None
         env = self.server_env(mode, control)
         binds = [run_root(log_path)] if log_path else []
         return self.launch_args(mode, inner, env, binds, container)
@@ -513,7 +514,7 @@ class VllmEngine(Engine):
         container = None
         if engine.launcher == "podman-hpc":
             container = f"moe-artifact-{os.getpid()}-{port}"
-        control = log_path.parent / "routing-control.json"
+        control = UnitDir(log_path.parent).routing_control
         control.unlink(missing_ok=True)
         argv = self.command(
             mode,
@@ -582,6 +583,6 @@ class VllmEngine(Engine):
 def run_root(log_path: Path) -> Path:
     """The run directory holding `log_path` (the folder with manifest.json), else its folder."""
     for parent in log_path.parents:
-        if (parent / "manifest.json").exists():
+        if RunLayout(parent).manifest.exists():
             return parent
     return log_path.parent

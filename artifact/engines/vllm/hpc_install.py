@@ -37,6 +37,7 @@ from artifact.config.profiles import Profile, project_root
 from artifact.core.console import console, track
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json, read_json
+from artifact.core.layout import RunLayout
 from artifact.engines.base import log_tail
 from artifact.engines.vllm.engine import VllmEngine
 
@@ -104,9 +105,9 @@ def safe_name(tag: str) -> str:
 
 
 class ImageInstaller:
-    def __init__(self, launcher: str, out: Path):
+    def __init__(self, launcher: str, layout: RunLayout):
         self.launcher = launcher
-        self.out = out
+        self.layout = layout
 
     def inspect(self, tag: str, field: str) -> str | None:
         """`image inspect --format {{.FIELD}}`, or None when there is no such image."""
@@ -134,12 +135,12 @@ class ImageInstaller:
         }
 
     def install(self, tag: str, ref: str) -> dict:
-        marker = self.out / "images" / f"{safe_name(tag)}.json"
+        marker = self.layout.image_record(safe_name(tag))
         found = self.inspect(tag, "Id") is not None
         if marker.exists() and found:
             console.print(f"  image {tag}: installed before, reused")
             return read_json(marker)
-        log = self.out / "logs" / f"image-{safe_name(tag)}.log"
+        log = self.layout.install_log(f"image-{safe_name(tag)}")
         pull = os.environ.get(PULL_ENV)
         if found:
             console.print(f"  image {tag}: found by {self.launcher}, reused")
@@ -151,7 +152,7 @@ class ImageInstaller:
             run_logged([self.launcher, "tag", source, tag], log, f"tagging {source} as {tag}")
             how = f"pulled from {source}"
         else:
-            info = self.out / "images" / f"{safe_name(tag)}.build.json"
+            info = self.layout.image_record(safe_name(tag), "build.json")
             console.print(
                 f"  image {tag}: building vLLM {ref} with containers/build.sh (log {log})"
             )
@@ -247,7 +248,7 @@ def download_argv(engine: VllmEngine, hf: Path) -> list[str]:
     ]
 
 
-def install_weights(engine: VllmEngine, out: Path) -> dict:
+def install_weights(engine: VllmEngine, layout: RunLayout) -> dict:
     model = engine.profile.model
     hub_id = model_hub_id(engine)
     hf = hf_home(engine)
@@ -260,7 +261,7 @@ def install_weights(engine: VllmEngine, out: Path) -> dict:
                 f"its terms on huggingface.co and `export {TOKEN_ENV}=...` (it is passed by "
                 "name, never printed), then rerun the install stage"
             )
-        log = out / "logs" / "weights.log"
+        log = layout.install_log("weights")
         console.print(f"  weights: downloading {hub_id} into {hf} (log {log})")
         hf.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HF_HOME=str(hf))
@@ -288,7 +289,7 @@ def install_weights(engine: VllmEngine, out: Path) -> dict:
     }
 
 
-def install_hub(profile: Profile, out: Path) -> tuple[dict, str]:
+def install_hub(profile: Profile, layout: RunLayout) -> tuple[dict, str]:
     """Images and weights of a hub model served by vLLM; returns (model record, summary)."""
     if profile.engine.kind != "vllm":
         raise ArtifactError(
@@ -314,11 +315,11 @@ def install_hub(profile: Profile, out: Path) -> tuple[dict, str]:
                 path=profile.path,
                 where="field 'engine.launcher'",
             )
-        installer = ImageInstaller(launcher, out)
+        installer = ImageInstaller(launcher, layout)
         for tag, ref in track(list(profile_images(profile).items()), "images"):
             images[tag] = installer.install(tag, ref)
-        atomic_write_json(out / "images.json", images)
-    record = install_weights(engine, out)
+        atomic_write_json(layout.images_record, images)
+    record = install_weights(engine, layout)
     size_gb = sum(record["files"].values()) / 2**30
     summary = (
         f"{record['hub_id']} at {str(record['commit'])[:12]} ({len(record['files'])} "
