@@ -272,3 +272,20 @@ def test_register_never_raises_into_vllm(monkeypatch, caplog):
     register()
     assert not hooks._installed
     assert "not installed" in caplog.text
+
+
+def test_an_active_plugin_says_so_in_the_server_log(vllm, caplog):
+    """Through a `vllm.` logger (vLLM's handlers print only those), read back by provenance."""
+    import logging
+
+    from artifact.engines.vllm.plugin import hooks, register
+    from artifact.engines.vllm.provenance import parse_log_text
+
+    hooks.reset()
+    _purge()
+    with caplog.at_level(logging.INFO, logger="vllm"):
+        register()
+    (record,) = [r for r in caplog.records if "routing plugin" in r.getMessage()]
+    assert record.name.startswith("vllm.") and record.levelno == logging.INFO
+    line = f"(Worker_TP0 pid=7) INFO 01-02 03:04:05 [hooks.py:1] {record.getMessage()}"
+    assert parse_log_text(line).routing_plugin == "active"

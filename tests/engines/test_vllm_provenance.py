@@ -335,3 +335,69 @@ def test_partial_and_garbage_lines_do_not_break_the_parser(version):
     cut = text[: len(text) // 2] + "\x00\xff garbage (x pid=) non-default args: {oops\n"
     prov = parse_log_text(cut)
     assert prov.vllm_version == version
+
+
+def failed_start_0110() -> str:
+    """vLLM 0.11 dying in start-up: every line, tracebacks included, carries a process tag."""
+    lines = api("0.11.0", {"model": "/m/tiny-mixtral", "tensor_parallel_size": 1})
+    core = f"{C}(EngineCore_DP0 pid=1300){R} "
+    lines += [
+        core + "Process EngineCore_DP0:",
+        core + "Traceback (most recent call last):",
+        core + '  File "/v/vllm/v1/engine/core.py", line 699, in run_engine_core',
+        core + "    raise e",
+        core + "RuntimeError: Class values must be smaller than num_classes.",
+        "(APIServer pid=1234) Traceback (most recent call last):",
+        '(APIServer pid=1234)   File "/v/bin/vllm", line 8, in <module>',
+        "(APIServer pid=1234) RuntimeError: Engine core initialization failed. "
+        "See root cause above. Failed core proc(s): {}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_process_tagged_tracebacks_are_errors_with_the_error_they_ended_in():
+    prov = parse_log_text(failed_start_0110())
+    assert not prov.ready
+    assert prov.errors == [
+        "(EngineCore_DP0 pid=1300) Traceback (most recent call last):",
+        "(EngineCore_DP0 pid=1300) RuntimeError: Class values must be smaller than num_classes.",
+        "(APIServer pid=1234) Traceback (most recent call last):",
+        "(APIServer pid=1234) RuntimeError: Engine core initialization failed. "
+        "See root cause above. Failed core proc(s): {}",
+    ]
+
+
+def test_a_log_that_never_started_is_flagged_without_expect(tmp_path, capsys):
+    failed, cut = tmp_path / "failed.log", tmp_path / "cut.log"
+    failed.write_text(failed_start_0110())
+    cut.write_text(ep_log("0.11.0", "AllGather-ReduceScatter").split("Starting vLLM")[0])
+    report = analyse([failed, cut])
+    assert report["flagged"]
+    failed_flags, cut_flags = (run["flags"] for run in report["runs"])
+    assert failed_flags == [
+        "the log never reached 'Application startup complete' (cut or failed); error: "
+        "(EngineCore_DP0 pid=1300) RuntimeError: Class values must be smaller than num_classes."
+    ]
+    assert cut_flags == ["the log never reached 'Application startup complete' (cut or failed)"]
+    for log in (failed, cut):
+        assert main(["provenance", str(log)]) == 1
+    capsys.readouterr()
+    assert main(["provenance", str(cut), "--expect", "baseline", "--json"]) == 1
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert sum("never reached" in line for line in run["flags"] + run["notes"]) == 1
+
+
+def test_the_routing_plugin_line_in_the_server_log():
+    text = ep_log("0.11.0", "AllGather-ReduceScatter")
+    assert parse_log_text(text).routing_plugin is None
+    active = (
+        "(Worker_TP0 pid=40) INFO 01-02 03:04:12 [hooks.py:499] moe-artifact routing plugin "
+        "active: hooks on FusedMoE.select_experts and GPUModelRunner.execute_model "
+        "(control file /run/control.json)\n"
+    )
+    assert parse_log_text(text + active).routing_plugin == "active"
+    missing = (
+        "(EngineCore_DP0 pid=20) WARNING 01-02 03:04:12 [__init__.py:40] moe-artifact routing "
+        "plugin not installed: No module named 'vllm.model_executor'\n"
+    )
+    assert parse_log_text(text + missing + active).routing_plugin == "not installed"

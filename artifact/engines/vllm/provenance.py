@@ -7,8 +7,10 @@ all) this reads: the vLLM version and build, the non-default arguments, the tens
 expert parallel sizes the ranks report, the all2all manager ("Using <name> all2all
 manager."), the MoE kernel path (the Triton `fused_moe` configuration it tuned for, or
 FlashInfer CUTLASS MoE), the EPLB state ("EPLB is enabled for model ...", "Rearranged
-experts ...", "EPLB step: ... balancedness=..."), FlashInfer availability, the GPU model and
-the address the server bound.
+experts ...", "EPLB step: ... balancedness=..."), FlashInfer availability, the GPU model,
+the address the server bound, whether the routing plugin said it was active, and the errors
+(a traceback counts whatever process tag vLLM 0.11 put before its lines, and so does the
+error it ended in). A log that never reached start-up is flagged whatever was claimed.
 
 With an expectation (a profile mode, `auto` for the original study's directory layout, or a
 workload card), every contradiction between what was claimed and what ran is listed; with
@@ -44,8 +46,9 @@ from artifact.study.traces import parse_trace_name, trace_dir_of_log
 # --- what vLLM prints ---------------------------------------------------------------------
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# "(EngineCore_DP3 pid=1064049) ", "(VllmWorker TP0 pid=1) ", "(APIServer pid=1) "
+# "(EngineCore_DP3 pid=1064049) ", "(VllmWorker TP0 pid=1) ", "(Worker_TP1 pid=1) "
 PROCESS = re.compile(r"\((?P<proc>[A-Za-z][\w ]*?) pid=(?P<pid>\d+)\)")
+PROCESS_TAG = re.compile(r"^" + PROCESS.pattern + r" ?")
 
 RE_VERSION = re.compile(r"vLLM API server version (?P<v>\S+)")
 RE_ENGINE_INIT = re.compile(
@@ -80,6 +83,10 @@ RE_BIND = re.compile(
 RE_DEVICE_CAPABILITY = re.compile(r"Device capability (?P<cc>\d+\.?\d*) not supported")
 RE_LAUNCH = re.compile(r"^moe-artifact launch: (?P<json>\{.*\})\s*$")
 RE_ERROR = re.compile(r"\b(?:ERROR|CRITICAL)\b \d\d-\d\d \d\d:\d\d:\d\d|^Traceback \(most recent")
+# artifact.engines.vllm.plugin's line, through vLLM's own log handler
+# the last line of a traceback: "RuntimeError: ...", "torch.OutOfMemoryError: ..."
+RE_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
+RE_PLUGIN = re.compile(r"moe-artifact routing plugin (?P<state>active|not installed)\b")
 
 # "Using <label> all2all manager." -> the VLLM_ALL2ALL_BACKEND value that selects it.
 ALL2ALL_NAMES = {
@@ -104,6 +111,8 @@ FLASHINFER_SAMPLER_LINES = {
 
 # Compute capability of the GPUs the study and the profiles name.
 COMPUTE_CAPABILITY = {"A100": 8.0, "A10": 8.6, "L4": 8.9, "L40": 8.9, "H100": 9.0, "H200": 9.0}
+
+NOT_STARTED = "the log never reached 'Application startup complete' (cut or failed)"
 
 TRITON = "triton_fused_moe"
 FLASHINFER = "flashinfer_cutlass_moe"
@@ -206,6 +215,8 @@ class LogProvenance:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     ready: bool = False
+    # "active" / "not installed": what artifact.engines.vllm.plugin said in this log
+    routing_plugin: str | None = None
     errors: list[str] = field(default_factory=list)
     launch: dict[str, Any] | None = None
     processes: dict[str, int] = field(default_factory=dict)
@@ -269,6 +280,14 @@ def _parse_map(text: str) -> list[int]:
     return [b for _, b in ordered]
 
 
+def split_process_tag(line: str) -> tuple[str | None, str]:
+    """("APIServer pid=1", rest) for "(APIServer pid=1) rest": vLLM 0.11 tags every line of
+    every process (tracebacks too), so matches at a line's start go against `rest`."""
+    if match := PROCESS_TAG.match(line):
+        return f"{match.group('proc')} pid={match.group('pid')}", line[match.end() :]
+    return None, line
+
+
 def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
     """Parse a (possibly partial, still growing) vLLM server log."""
     prov = LogProvenance(log=log)
@@ -277,6 +296,7 @@ def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
     processes: Counter[str] = Counter()
     pids: set[tuple[str, str]] = set()
     device_names: Counter[str] = Counter()
+    in_traceback: set[str | None] = set()  # processes whose traceback has not ended yet
     for raw_line in text.splitlines():
         line = ANSI.sub("", raw_line).rstrip()
         if not line:
@@ -286,7 +306,8 @@ def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
             if key not in pids:
                 pids.add(key)
                 processes[key[0]] += 1
-        if match := RE_LAUNCH.match(line):
+        proc_tag, body = split_process_tag(line)
+        if match := RE_LAUNCH.match(body):
             try:
                 prov.launch = json.loads(match.group("json"))
             except json.JSONDecodeError:
@@ -349,8 +370,17 @@ def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
             prov.compute_capability = float(match.group("cc"))
         if "Application startup complete" in line:
             prov.ready = True
-        if RE_ERROR.search(line) and len(prov.errors) < 20:
+        if (match := RE_PLUGIN.search(line)) and prov.routing_plugin != "not installed":
+            prov.routing_plugin = match.group("state")  # one process without it is enough
+        if len(prov.errors) >= 20:
+            continue
+        if RE_ERROR.search(body):
             prov.errors.append(line[:300])
+            if body.startswith("Traceback"):
+                in_traceback.add(proc_tag)
+        elif proc_tag in in_traceback and RE_EXCEPTION.match(body):
+            prov.errors.append(line[:300])  # what the traceback ended in: the error itself
+            in_traceback.discard(proc_tag)
 
     args = prov.non_default_args
     cfg = prov.engine_config
@@ -617,10 +647,20 @@ def expectation_flags(prov: LogProvenance, exp: Expectation) -> tuple[list[str],
         if not (want in got or got in want):
             notes.append(f"GPU: profile names {exp.gpu_model}, the log shows {prov.gpu_model}")
     if not prov.ready:
-        notes.append("the log never reached 'Application startup complete' (cut or failed)")
+        notes.append(NOT_STARTED)
     if prov.errors:
         notes.append(f"{len(prov.errors)} error line(s), first: {prov.errors[0][:160]}")
     return flags, notes
+
+
+def startup_flag(prov: LogProvenance) -> str | None:
+    """A log without start-up: the server failed (quoting the error it ended in) or was cut."""
+    if prov.ready:
+        return None
+    if not prov.errors:
+        return NOT_STARTED
+    ended = [e for e in prov.errors if RE_EXCEPTION.match(split_process_tag(e)[1])]
+    return f"{NOT_STARTED}; error: {(ended or prov.errors)[0][:200]}"
 
 
 def _moe_config_text(prov: LogProvenance) -> str:
@@ -721,7 +761,9 @@ def analyse(
         if exp is not None:
             more, notes = expectation_flags(prov, exp)
             flags += [f for f in more if f not in flags]
-            notes = exp.notes + notes
+            notes = exp.notes + [n for n in notes if n != NOT_STARTED]
+        if not_started := startup_flag(prov):
+            flags.append(not_started)
         family = family_of(prov)
         for path, card in card_data:
             claims = card_family_claims(card)

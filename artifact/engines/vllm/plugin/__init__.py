@@ -24,7 +24,8 @@ import os
 
 CONTROL_ENV = "MOE_ARTIFACT_ROUTING_CONTROL"
 
-logger = logging.getLogger("moe_artifact.vllm_plugin")
+# Under `vllm.`: vLLM's own handler prints it (with the process tag) into the server log.
+logger = logging.getLogger("vllm.moe_artifact_routing")
 
 
 def register() -> None:

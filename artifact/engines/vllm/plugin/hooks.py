@@ -26,7 +26,6 @@ import contextlib
 import functools
 import inspect
 import json
-import logging
 import os
 import threading
 from pathlib import Path
@@ -34,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from artifact.engines.vllm.plugin import CONTROL_ENV
+from artifact.engines.vllm.plugin import CONTROL_ENV, logger
 from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
 
-logger = logging.getLogger("moe_artifact.vllm_plugin")
 POLL_S = 0.2
 _installed = False
 
@@ -497,7 +495,14 @@ def install(fused_moe_cls: Any = None, runner_cls: Any = None) -> None:
             raise TypeError(f"{runner_cls.__name__}.{name} not found in this vLLM")
         setattr(runner_cls, name, _wrap_step(method, dummy))
     _installed = True
-    logger.info("moe-artifact routing hooks installed (control file %s)", rec.control_path or "-")
+    # artifact.engines.vllm.provenance reads this line ("routing_plugin": "active")
+    logger.info(
+        "moe-artifact routing plugin active: hooks on %s.select_experts and %s.execute_model "
+        "(control file %s)",
+        fused_moe_cls.__name__,
+        runner_cls.__name__,
+        rec.control_path or "-",
+    )
 
 
 def _wrap_layer(method):
