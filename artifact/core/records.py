@@ -261,6 +261,22 @@ FORMAT_VERSION = 1
 VLLM_ARRAYS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors")
 
 
+def summary_only(data: Any) -> str | None:
+    """One line for a `vllm bench serve --save-result` file written without --save-detailed
+    (its summary is there, the per-request arrays are not); None for any other file."""
+    if not isinstance(data, dict) or not {"duration", "completed", "request_throughput"} <= set(
+        data
+    ):
+        return None
+    missing = [k for k in VLLM_ARRAYS if k not in data]
+    if not missing:
+        return None
+    return (
+        f"a summary-only `vllm bench serve --save-result` file: no per-request "
+        f"{', '.join(missing)}; rerun it with --save-detailed"
+    )
+
+
 def _numbers(values: Any, *, integer: bool = False) -> list:
     kinds = (int,) if integer else (int, float)
     if not isinstance(values, list) or not all(
@@ -295,6 +311,8 @@ class ResultFile(Record):
             raise ValueError(
                 f"expected a JSON object (a benchmark result), got {type(data).__name__}"
             )
+        if summary := summary_only(data):
+            raise ValueError(summary)
         missing = [k for k in ("duration", "completed", *VLLM_ARRAYS) if k not in data]
         if missing:
             raise ValueError(

@@ -6,7 +6,10 @@ A trace is the directory of one served configuration, either
   [_eplbon|_eplboff]]-group12/` with `results_json/*.json` (vLLM `benchmark_serving` files),
   `logs/*.log` (the server's log) and a workload card `*.yaml`; or
 - one of ours: result files `*.repNN.json` (moe-artifact-bench, see bench_results) directly
-  in it or in `results_json/`, optionally a card and routing logs (`*.routing`).
+  in it or in `results_json/`, optionally a card and routing logs (`*.routing`);
+- a folder of `vllm bench serve --save-result` files under vLLM's default names
+  (`openai-infqps-concurrency8-<model>-<YYYYMMDD-HHMMSS>.json`, `openai-4.0qps-...`). A file
+  saved without `--save-detailed` holds only summaries: they are shown as stored.
 
 A single result file can stand for a trace too. The configuration (engine, mode,
 max-num-seqs, max-num-batched-tokens, EPLB flag) comes from the directory name, the card,
@@ -31,10 +34,12 @@ import numpy as np
 from rich.text import Text
 
 from artifact.core.errors import ArtifactError
+from artifact.core.records import summary_only
 from artifact.core.tables import csv_text
 from artifact.engines.vllm.provenance import parse_log
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
+    SUMMARY_KEY,
     estimate_e2els,
     file_percentiles,
     is_ours,
@@ -48,6 +53,16 @@ from artifact.study.cards import card_fields, read_card
 from artifact.study.traces import parse_trace_name, trace_card
 
 OUR_RESULT = re.compile(r".+\.rep\d+\.json$")
+# `vllm bench serve --save-result`'s default names:
+# <label>-<rate|inf>qps[-concurrency<N>]-<model>-<YYYYMMDD-HHMMSS>.json
+VLLM_RESULT = re.compile(r".+-(?:inf|\d+(?:\.\d+)?)qps(?:-concurrency\d+)?-.+-\d{8}-\d{6}\.json$")
+
+
+def is_result_name(name: str) -> bool:
+    """A result file's name, ours or vLLM's default, found outside results_json/."""
+    return bool(OUR_RESULT.match(name) or VLLM_RESULT.match(name))
+
+
 LATENCY = {"TTFT": "ttft", "TPOT": "tpot", "ITL": "itl", "E2EL": "e2el"}
 THROUGHPUT = {
     "request_throughput": "req/s",
@@ -106,11 +121,19 @@ class Trace:
             loaded = []
             for path in self.result_files:
                 try:
-                    loaded.append((path, load_result(path)))
+                    data = load_result(path, summary_only_ok=True)
                 except ArtifactError as exc:
                     if not skip_bad:
                         raise
                     self.skipped.append(str(exc))
+                    continue
+                loaded.append((path, data))
+                if summary_only(data):
+                    self.notes.append(
+                        f"{path.name}: vLLM's stored summaries, shown as written (no per-request "
+                        "arrays to recompute them from: rerun `vllm bench serve` with "
+                        "--save-detailed)"
+                    )
             self._results = loaded
             if is_ours_trace(loaded):
                 _merge_server_info(self, loaded)
@@ -156,14 +179,15 @@ def open_trace(path: str | Path) -> Trace:
     named = parse_trace_name(path.name)
     results_dir = path / "results_json"
     results = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    results += sorted(p for p in path.glob("*.json") if OUR_RESULT.match(p.name))
+    results += sorted(p for p in path.glob("*.json") if is_result_name(p.name))
     card = trace_card(path)
     routing = sorted(path.rglob("*.routing"))
     gates = sorted({p.parent for p in path.rglob("gate_logs_*.json")})
     if not (named or results or card or routing or gates):
         raise ArtifactError(
-            "not a trace: no results_json/, *.repNN.json result files, workload card, routing "
-            "or gate logs, and the name is not Model-engine-Platform[mode_seqs_tokens]-group",
+            "not a trace: no results_json/, *.repNN.json or vLLM-named (*qps*-<date>.json) "
+            "result files, workload card, routing or gate logs, and the name is not "
+            "Model-engine-Platform[mode_seqs_tokens]-group",
             path=path,
         )
     trace = Trace(
@@ -213,7 +237,7 @@ def find_traces(root: str | Path) -> list[Path]:
         if (
             parse_trace_name(here.name)
             or "results_json" in dirnames
-            or any(OUR_RESULT.match(f) for f in filenames)
+            or any(is_result_name(f) for f in filenames)
         ):
             found.append(here)
             dirnames.clear()  # a trace's subfolders are part of it
@@ -248,8 +272,8 @@ def _latency_stats(data: dict, name: str) -> tuple[dict[str, float], list[str]]:
         notes.extend(_empty_output_note(data))
     if not ours and name == "tpot":
         notes.append(
-            "the file's own TPOT (its latency ended at [DONE]); recomputed to the last content "
-            "chunk: "
+            "the file's own TPOT (its per-request latency is not stored); recomputed to the "
+            "last chunk its ITLs record: "
             + ", ".join(f"{s} {computed[f'{s}_tpot_ms']:.4f}" for s in ("mean", "median", "p99"))
         )
     return stats, notes
@@ -300,6 +324,8 @@ def _goodput(data: dict, slos: dict[str, float] | None) -> dict[str, Any]:
 
 def file_metric(data: dict, metric: str, goodput_slos: dict[str, float] | None = None) -> dict:
     """One metric of one result file (latency stats in ms, or a value with its unit)."""
+    if summary := summary_only(data):
+        return _stored_metric(data, metric, summary)
     if metric in LATENCY:
         stats, notes = _latency_stats(data, LATENCY[metric])
         out: dict[str, Any] = {"unit": "ms", "value": stats.get("mean"), "stats": stats}
@@ -313,6 +339,24 @@ def file_metric(data: dict, metric: str, goodput_slos: dict[str, float] | None =
     if metric == "goodput":
         return _goodput(data, goodput_slos)
     raise ArtifactError(f"unknown metric {metric!r}")
+
+
+def _stored_metric(data: dict, metric: str, summary: str) -> dict:
+    """One metric of a file without per-request arrays: its stored values, or refused."""
+    if metric in LATENCY:
+        stats = {
+            m.group(1): float(value)
+            for key, value in data.items()
+            if (m := SUMMARY_KEY.match(key))
+            and m.group(3) == LATENCY[metric]
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        }
+        if stats:
+            return {"unit": "ms", "value": stats.get("mean"), "stats": stats}
+    elif metric in THROUGHPUT and isinstance(data.get(metric), int | float):
+        return {"unit": THROUGHPUT[metric], "value": float(data[metric])}
+    raise MetricRefused(f"{metric} is not among the file's stored summaries: {summary}")
 
 
 def _summary_value(data: dict, key: str) -> float:

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from artifact.cli import main
+from artifact.core.records import VLLM_ARRAYS
 from artifact.routing.format import RoutingHeader, RoutingWriter
 from artifact.serving.config import BenchConfig, PromptSpec
 from artifact.serving.metrics import find_traces, open_trace, trace_report
 from artifact.serving.request import RequestRecord, ServerCapabilities
 from artifact.serving.result_file import BenchResult, write_result
-from artifact.serving.results import summarize
+from artifact.serving.results import summarize, summarize_file
 from artifact.study.traces import parse_trace_name
 
 ORIGINAL = "Mixtral8x7B-vllmEP4-Perlmutter[defaultall2all_32_8192_eplbon]-group12"
@@ -106,7 +107,7 @@ def vllm_file(seed: int = 0, n: int = 6) -> dict:
     for key in ("mean", "median", "p99"):
         data[f"{key}_ttft_ms"] = summary[f"{key}_ttft_ms"]
         data[f"{key}_itl_ms"] = summary[f"{key}_itl_ms"]
-        data[f"{key}_tpot_ms"] = 40.0  # vLLM's own, to [DONE]: not recomputable
+        data[f"{key}_tpot_ms"] = 40.0  # vLLM's own, from a latency not stored
     data.update(
         input_lens=input_lens,
         output_lens=output_lens,
@@ -214,7 +215,73 @@ def test_original_trace_ttft_config_and_eplb_note(tmp_path, run_cli):
 def test_tpot_of_original_file_is_its_own_with_a_note(tmp_path):
     out = trace_report(open_trace(original_trace(tmp_path)), "TPOT")
     assert out["stats"] == {"mean": 40.0, "median": 40.0, "p99": 40.0}
-    assert "[DONE]" in out["runs"][0]["notes"][0]
+    note = out["runs"][0]["notes"][0]
+    # what the file shows (no stored latency), not how a vLLM client ended it
+    assert "[DONE]" not in note and "latency is not stored" in note
+
+
+def test_verify_note_claims_only_what_the_file_shows(tmp_path, run_cli):
+    """A TPOT that ends at the last recorded chunk (vLLM 0.11's --save-detailed files) agrees
+    with the estimate; the study's, larger than the estimate, say only that."""
+    path = tmp_path / "r.json"
+    data = vllm_file()
+    path.write_text(json.dumps(data))
+    note = run_cli("--verify", path).stderr
+    assert "[DONE]" not in note and "stored values are larger" in note
+    e2els = [t + sum(row) for t, row in zip(data["ttfts"], data["itls"], strict=True)]
+    own = summarize_file(data, e2els=e2els, percentiles=(99,))
+    data.update({f"{k}_tpot_ms": own[f"{k}_tpot_ms"] for k in ("mean", "median", "p99")})
+    path.write_text(json.dumps(data))
+    note = run_cli("--verify", path).stderr
+    assert "mean_tpot_ms +0.000%" in note and "larger" not in note and "[DONE]" not in note
+
+
+def summary_only_file() -> dict:
+    """`vllm bench serve --save-result` without --save-detailed: no per-request arrays."""
+    data = {k: v for k, v in vllm_file().items() if k not in VLLM_ARRAYS}
+    data.update(endpoint_type="openai", label=None, max_concurrency=8, failed=0)
+    return data
+
+
+def test_a_summary_only_vllm_file_shows_its_stored_summaries(tmp_path, run_cli):
+    data = summary_only_file()
+    path = tmp_path / "openai-infqps-concurrency8-tiny-mixtral-20251202-101010.json"
+    path.write_text(json.dumps(data))
+    line = one_line_error(run_cli("--verify", path), str(path), "rerun it with --save-detailed")
+    assert "no per-request input_lens, output_lens, ttfts, itls, generated_texts, errors" in line
+    assert "not a serving-benchmark result" not in line
+    result = run_cli("--trace", path, "--metric", "TTFT", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["stats"] == {k: data[f"{k}_ttft_ms"] for k in ("mean", "median", "p99")}
+    assert any("shown as written" in n and "--save-detailed" in n for n in out["notes"])
+    result = run_cli("--trace", path, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["output_throughput"]["value"] == data["output_throughput"]
+    assert metrics["TPOT"]["stats"]["mean"] == 40.0
+    assert "E2EL is not among the file's stored summaries" in metrics["E2EL"]["refused"]
+    assert "--save-detailed" in metrics["goodput"]["refused"]
+
+
+def test_vllm_default_result_names_in_a_folder(tmp_path, run_cli):
+    folder = tmp_path / "vllm-bench"
+    folder.mkdir()
+    names = [
+        "openai-4.0qps-tiny-mixtral-20251202-101500.json",
+        "openai-infqps-concurrency8-tiny-mixtral-20251202-101010.json",
+    ]
+    for seed, name in enumerate(names):
+        (folder / name).write_text(json.dumps(vllm_file(seed)))
+    (folder / "settings.json").write_text("{}")  # not a result file's name: left alone
+    assert find_traces(tmp_path) == [folder]
+    assert [p.name for p in open_trace(folder).result_files] == names
+    result = run_cli("--verify", tmp_path)
+    assert result.returncode == 0 and result.stderr.count("fields recomputed") == 2
+    result = run_cli("--all", "--trace", tmp_path, "--metric", "TTFT", "--json")
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads(result.stdout)
+    assert len(report["runs"]) == 2
 
 
 def test_all_csv_one_row_per_trace(tmp_path, run_cli):

@@ -55,7 +55,7 @@ def test_every_original_file_recomputes_exactly(study_data):
 
 
 def test_tpot_difference_is_measured_and_explained(study_data):
-    """Stored TPOT ends at [DONE]; ours at the last content chunk: always smaller, by this much."""
+    """Stored TPOT ends after the last text chunk; ours at it: always smaller, by this much."""
     trace, imbalance = result_files(study_data)
     sizes = {}
     for group, files in (("trace_collection", trace), ("load_imbalance", imbalance)):
@@ -69,8 +69,8 @@ def test_tpot_difference_is_measured_and_explained(study_data):
     for group, rel in sizes.items():
         print(f"  {group}: min {rel.min(axis=0)}  max {rel.max(axis=0)}")
     for rel in sizes.values():
-        assert (rel <= 0).all()  # the estimate never exceeds vLLM's [DONE]-based value
-    # max_tokens stops: [DONE] follows the last text within microseconds.
+        assert (rel <= 0).all()  # the estimate never exceeds the stored value
+    # max_tokens stops: the stored latency ends within microseconds of the last text.
     assert np.abs(sizes["load_imbalance"]).max() < 1e-5
     # EOS stops add one decode step: percent-level on the mean, up to ~10% on p99.
     tc = np.abs(sizes["trace_collection"])
