@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from artifact.checker import CLAIMS_COLUMNS, ClaimResult, claims_rows, summary_line
 from artifact.checker.tables import RunTables
@@ -21,7 +22,11 @@ from artifact.report.figures import (
     imbalance_figure,
     rank_figure,
     sweep_figure,
+    with_columns,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Observed measures drawn against performance (Fig. 5) and the predicted score (Fig. 6).
 FIG5_MEASURES = ("imb_cv", "imb_legacy-per-step", "imb_legacy-aggregated")
@@ -52,18 +57,22 @@ PROVENANCE_COLUMNS = (
 )
 
 
-def _table(tables: RunTables, name: str) -> list[dict]:
+def _table(tables: RunTables, name: str) -> pd.DataFrame:
+    """The table, or an empty one where the run directory has none."""
     try:
-        return tables.get(name)
+        return tables.frame(name)
     except ArtifactError:
-        return []
+        import pandas as pd
+
+        return pd.DataFrame()
 
 
-def _modes(profile: Profile, runs: list[dict], experiment: str) -> list[str]:
+def _modes(profile: Profile, runs: pd.DataFrame, experiment: str) -> list[str]:
     exp = getattr(profile.experiments, experiment, None)
-    present = {r.get("mode") for r in runs if r.get("experiment") == experiment}
+    runs = with_columns(runs, ["experiment", "mode"])
+    present = set(runs.loc[runs["experiment"] == experiment, "mode"].dropna())
     ordered = [m for m in (exp.modes if exp else []) if m in present]
-    return ordered + sorted(m for m in present if m not in ordered and m is not None)
+    return ordered + sorted(m for m in present if m not in ordered)
 
 
 def _eplb_skip(profile: Profile) -> str | None:
@@ -106,8 +115,8 @@ def make_figures(
 
     eplb = _table(tables, "eplb")
     skip = _eplb_skip(profile)
-    if eplb:
-        labels = tuple(r.get("label") for r in _table(tables, "eplb_runs"))[:2]
+    if not eplb.empty:
+        labels = tuple(with_columns(_table(tables, "eplb_runs"), ["label"])["label"].head(2))
         labels = labels if len(labels) == 2 else ("EPLB off", "EPLB on")
         labels = (f"{labels[0]} (EPLB off)", f"{labels[1]} (EPLB on)")
         note = ""
@@ -200,17 +209,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def provenance_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    columns = [c for c in PROVENANCE_COLUMNS if any(r.get(c) is not None for r in rows)]
+def provenance_rows(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    columns = [c for c in PROVENANCE_COLUMNS if c in rows and rows[c].notna().any()]
+    cells = rows[columns].map(_fmt)
     # Collapse identical rows (our units share one server config per mode and experiment).
-    seen, body = set(), []
-    for r in rows:
-        key = tuple(_fmt(r.get(c)) for c in columns if c not in ("run", "path"))
-        if key in seen:
-            continue
-        seen.add(key)
-        body.append([_fmt(r.get(c)) for c in columns])
-    return columns, body
+    key = [c for c in columns if c not in ("run", "path")]
+    body = cells.drop_duplicates(subset=key) if key else cells.head(1)
+    return columns, body.to_numpy().tolist()
 
 
 def make_report(
@@ -262,7 +267,7 @@ def make_report(
         )
     prov = _table(tables, "provenance")
     report.heading("Provenance")
-    if prov:
+    if not prov.empty:
         report.para(
             "What the servers really ran, from their own provenance records or logs "
             "(identical configurations collapsed)."

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -30,8 +30,11 @@ from matplotlib.figure import Figure as MplFigure
 from scipy import stats
 
 from artifact.core.io import atomic_write_bytes
-from artifact.core.tables import frame, markdown_table
+from artifact.core.tables import markdown_table
 from artifact.routing.correlation import correlation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PERF = (
     ("mean_ttft_ms", "TTFT (mean, ms)"),
@@ -89,6 +92,11 @@ def mode_style(modes: Sequence[str], mode: str) -> dict:
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+def with_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The table with each of `columns` it lacks added as all None (a row without the key)."""
+    return table.assign(**{c: None for c in columns if c not in table})
+
+
 def save(fig: MplFigure, path: Path, *, tight: bool = True) -> Path:
     import io
 
@@ -118,7 +126,7 @@ def _log_scale_if_wide(ax, values: Sequence[float]) -> None:
 
 
 def sweep_figure(
-    runs: list[dict],
+    runs: pd.DataFrame,
     *,
     knob: str,
     fixed_knob: str,
@@ -128,10 +136,7 @@ def sweep_figure(
     number: str,
 ) -> Figure | None:
     metrics = [metric for metric, _ in PERF]
-    table = frame(
-        runs,
-        list(dict.fromkeys(["experiment", "mode", "engine_version", knob, fixed_knob, *metrics])),
-    )
+    table = with_columns(runs, ["experiment", "mode", "engine_version", knob, fixed_knob, *metrics])
     rows = table[
         (table["experiment"] == "config_sweep")
         & (table[fixed_knob] == fixed_value)
@@ -269,12 +274,14 @@ EPLB_ROWS = (
 )
 
 
-def eplb_rows(comparison: list[dict]) -> list[dict]:
-    by_metric = {r["metric"]: r for r in comparison}
-    return [{**by_metric[k], "label": label} for k, label in EPLB_ROWS if k in by_metric]
+def eplb_rows(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's rows of EPLB_ROWS' metrics, in that order, with their labels."""
+    by_metric = comparison.drop_duplicates("metric", keep="last").set_index("metric", drop=False)
+    keys = [k for k, _ in EPLB_ROWS if k in by_metric.index]
+    return by_metric.loc[keys].assign(label=[dict(EPLB_ROWS)[k] for k in keys])
 
 
-def eplb_markdown(comparison: list[dict], labels: tuple[str, str]) -> str:
+def eplb_markdown(comparison: pd.DataFrame, labels: tuple[str, str]) -> str:
     rows = [
         (
             r["label"],
@@ -282,7 +289,7 @@ def eplb_markdown(comparison: list[dict], labels: tuple[str, str]) -> str:
             f"{r['b']:,.2f}",
             "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
         )
-        for r in eplb_rows(comparison)
+        for r in eplb_rows(comparison).to_dict("records")
     ]
     return markdown_table(rows, ("kernel metric", *labels, "change"), align="lrrr")
 
@@ -292,9 +299,10 @@ def _num(v: float) -> str:
 
 
 def eplb_figure(
-    comparison: list[dict], labels: tuple[str, str], out: Path, note: str = ""
+    comparison: pd.DataFrame, labels: tuple[str, str], out: Path, note: str = ""
 ) -> Figure | None:
-    rows = [r for r in eplb_rows(comparison) if r["change_pct"] is not None]
+    table = eplb_rows(comparison)
+    rows = table[table["change_pct"].notna()].to_dict("records")
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.6))
@@ -349,24 +357,25 @@ def _corr_label(corr: dict | None) -> str:
 
 
 def _find_corr(
-    correlations: list[dict], mode: str, x: str, y: str, iqr: bool, pts: list[dict]
+    correlations: pd.DataFrame, mode: str, x: str, y: str, iqr: bool, pts: pd.DataFrame
 ) -> dict | None:
     """The correlations table's Spearman row, or the same computed here when it has none."""
-    for c in correlations:
-        if (
-            c.get("group") == mode
-            and c.get("x") == x
-            and c.get("y") == y
-            and c.get("method") == "spearman"
-            and bool(c.get("iqr_filter")) == iqr
-        ):
-            return c
+    table = with_columns(correlations, ["group", "x", "y", "method", "iqr_filter"])
+    found = table[
+        (table["group"] == mode)
+        & (table["x"] == x)
+        & (table["y"] == y)
+        & (table["method"] == "spearman")
+        & (table["iqr_filter"].map(bool) == iqr)
+    ]
+    if not found.empty:
+        return found.iloc[0].to_dict()
     computed = correlation(
-        [r.get(x) for r in pts],
-        [r.get(y) for r in pts],
+        pts[x].tolist(),
+        pts[y].tolist(),
         method="spearman",
         iqr=iqr,
-        labels=[r.get("run") for r in pts],
+        labels=pts["run"].tolist(),
     )
     row = computed.to_json()
     row["removed"] = [f"{i['label']} ({i['variable']})" for i in computed.removed]
@@ -375,38 +384,34 @@ def _find_corr(
 
 def _scatter_fit(
     ax,
-    rows: list[dict],
+    rows: pd.DataFrame,
     x: str,
     y: str,
     modes: Sequence[str],
     colors: dict[str, str],
-    correlations: list[dict],
+    correlations: pd.DataFrame,
     iqr: bool,
 ) -> int:
     """Scatter per mode, least-squares trend over the kept points, rho in the legend."""
     plotted = 0
     for mode in modes:
-        pts = [
-            r
-            for r in rows
-            if r.get("mode") == mode and r.get(x) is not None and r.get(y) is not None
-        ]
-        if not pts:
+        pts = rows[(rows["mode"] == mode) & rows[x].notna() & rows[y].notna()]
+        if pts.empty:
             continue
         corr = _find_corr(correlations, mode, x, y, iqr, pts)
         removed = set()
         if iqr and corr:
             removed = {item.split(" (")[0] for item in corr.get("removed") or []}
-        kept = [r for r in pts if r.get("run") not in removed]
-        out = [r for r in pts if r.get("run") in removed]
-        xs = np.array([r[x] for r in kept], dtype=float)
-        ys = np.array([r[y] for r in kept], dtype=float)
+        dropped = pts["run"].isin(removed)
+        kept, out = pts[~dropped], pts[dropped]
+        xs = kept[x].to_numpy(dtype=float)
+        ys = kept[y].to_numpy(dtype=float)
         label = f"{mode}: {_corr_label(corr)}"
         ax.scatter(xs, ys, alpha=0.85, label=label, **mode_style(modes, mode))
-        if out:
+        if not out.empty:
             ax.scatter(
-                [r[x] for r in out],
-                [r[y] for r in out],
+                out[x].tolist(),
+                out[y].tolist(),
                 color=colors[mode],
                 marker="x",
                 s=40,
@@ -422,8 +427,8 @@ def _scatter_fit(
 
 
 def imbalance_figure(
-    runs: list[dict],
-    correlations: list[dict],
+    runs: pd.DataFrame,
+    correlations: pd.DataFrame,
     *,
     xs: Sequence[str],
     ys: Sequence[tuple[str, str]],
@@ -435,9 +440,10 @@ def imbalance_figure(
     caption: str,
     iqr: bool,
 ) -> Figure | None:
-    rows = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
-    xs = [x for x in xs if any(r.get(x) is not None for r in rows)]
-    if not rows or not xs:
+    runs = with_columns(runs, ["experiment", "mode", "run", *xs, *(y for y, _ in ys)])
+    rows = runs[(runs["experiment"] == "imbalance") & runs["mode"].isin(list(modes))]
+    xs = [x for x in xs if rows[x].notna().any()]
+    if rows.empty or not xs:
         return None
     colors = mode_colors(modes)
     fig, axes = plt.subplots(
@@ -472,10 +478,9 @@ def imbalance_figure(
 # --- routing views ----------------------------------------------------------------------------
 
 
-def _loads_by_run(expert_loads: list[dict], by: str, phase: str = "all") -> dict[str, np.ndarray]:
+def _loads_by_run(table: pd.DataFrame, by: str, phase: str = "all") -> dict[str, np.ndarray]:
     """(layers, experts) or (layers, ranks) loads per run: the phase's loads summed per layer
     and `by` (`expert`, or `rank`: the table's expert -> rank placement)."""
-    table = frame(expert_loads)
     if table.empty:
         return {}
     table = table[(table["phase"] == phase) & table["load"].notna() & table[by].notna()]
@@ -491,15 +496,17 @@ def _loads_by_run(expert_loads: list[dict], by: str, phase: str = "all") -> dict
 
 
 def heatmap_figures(
-    runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path
+    runs: pd.DataFrame, expert_loads: pd.DataFrame, *, modes: Sequence[str], out: Path
 ) -> list[Figure]:
-    imbalance = [r for r in runs if r.get("experiment") == "imbalance"]
+    runs = with_columns(runs, ["experiment", "mode", "run", "predicted_score", "dataset"])
     loads = _loads_by_run(expert_loads, "expert")
+    imbalance = runs[(runs["experiment"] == "imbalance") & runs["run"].isin(list(loads))]
     figures = []
     for k, mode in enumerate(modes):
-        rows = sorted(
-            (r for r in imbalance if r.get("mode") == mode and r["run"] in loads),
-            key=lambda r: (r.get("predicted_score") is None, r.get("predicted_score") or 0),
+        rows = (
+            imbalance[imbalance["mode"] == mode]
+            .sort_values("predicted_score", na_position="last", kind="stable")
+            .to_dict("records")
         )
         if not rows:
             continue
@@ -579,25 +586,27 @@ def heatmap_figures(
 
 
 def rank_figure(
-    runs: list[dict], expert_loads: list[dict], *, modes: Sequence[str], out: Path, note: str
+    runs: pd.DataFrame, expert_loads: pd.DataFrame, *, modes: Sequence[str], out: Path, note: str
 ) -> Figure | None:
-    imbalance = [r for r in runs if r.get("experiment") == "imbalance" and r.get("mode") in modes]
+    runs = with_columns(runs, ["experiment", "mode", "run", "predicted_score", "imb_rank_max_mean"])
     ranks = _loads_by_run(expert_loads, "rank")
-    rows = [r for r in imbalance if r["run"] in ranks]
-    if not rows:
+    rows = runs[
+        (runs["experiment"] == "imbalance")
+        & runs["mode"].isin(list(modes))
+        & runs["run"].isin(list(ranks))
+    ]
+    if rows.empty:
         return None
     colors = mode_colors(modes)
-    present = [m for m in modes if any(r["mode"] == m for r in rows)]
+    present = [m for m in modes if (rows["mode"] == m).any()]
     fig, axes = plt.subplots(
         1, len(present) + 1, figsize=(4.6 * (len(present) + 1), 4.4), squeeze=False
     )
     axes = axes[0]
     for ax, mode in zip(axes, present, strict=False):
         per_rank: list[list[float]] = []
-        for r in rows:
-            if r["mode"] != mode:
-                continue
-            a = ranks[r["run"]]
+        for run in rows.loc[rows["mode"] == mode, "run"]:
+            a = ranks[run]
             mean = a.mean(axis=1, keepdims=True)
             rel = np.divide(a, mean, out=np.ones_like(a), where=mean > 0)
             for rank in range(rel.shape[1]):
@@ -611,14 +620,12 @@ def rank_figure(
         ax.set_title(f"{mode}: per-rank load (all layers, datasets)")
     ax = axes[-1]
     for mode in present:
-        pts = sorted(
-            (r for r in rows if r["mode"] == mode and r.get("imb_rank_max_mean") is not None),
-            key=lambda r: r.get("predicted_score") or 0,
-        )
-        if pts and all(r.get("predicted_score") is not None for r in pts):
+        pts = rows[(rows["mode"] == mode) & rows["imb_rank_max_mean"].notna()]
+        if not pts.empty and pts["predicted_score"].notna().all():
+            pts = pts.sort_values("predicted_score", kind="stable")
             ax.plot(
-                [r["predicted_score"] for r in pts],
-                [r["imb_rank_max_mean"] for r in pts],
+                pts["predicted_score"].tolist(),
+                pts["imb_rank_max_mean"].tolist(),
                 marker="os^D"[present.index(mode) % 4],
                 ms=5 + 2 * present.index(mode),
                 mfc="none" if present.index(mode) else colors[mode],

@@ -64,8 +64,8 @@ def test_iqr_filter_is_reported(plotted, tmp_path):
     run, _ = plotted
     tables = RunTables(run)
     fig = imbalance_figure(
-        tables.get("runs"),
-        tables.get("correlations"),
+        tables.frame("runs"),
+        tables.frame("correlations"),
         xs=("predicted_score",),
         ys=PERF[:1],
         modes=("eager", "grouped_mm"),
