@@ -93,15 +93,21 @@ def read_json(path: str | Path) -> Any:
         ) from None
 
 
-def read_jsonl(path: str | Path, *, required: tuple[str, ...] = ()) -> list[dict]:
-    """Read a JSONL file of objects; every bad line is reported as `file:line: reason`."""
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """A text file's content; a missing or non-UTF-8 file raises one clear line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise ArtifactError("file not found", path=path) from None
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"not UTF-8 text at byte {exc.start}", path=path) from None
+
+
+def read_jsonl(path: str | Path, *, required: tuple[str, ...] = ()) -> list[dict]:
+    """Read a JSONL file of objects; every bad line is reported as `file:line: reason`."""
+    path = Path(path)
+    text = read_text(path)
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -99,18 +99,27 @@ class Server:
                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
             )
 
+    # How often wait_ready probes, and what its failure says.
+    ready_poll_s = 0.25
+    not_ready = "the server did not become ready"
+
+    def is_ready(self) -> bool:
+        try:
+            self._request(self.ready_path, timeout=2.0)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            return False
+        return True
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive("start-up")
-            try:
-                self._request(self.ready_path, timeout=2.0)
+            if self.is_ready():
                 return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                time.sleep(0.25)
+            time.sleep(self.ready_poll_s)
         self.stop()
         raise StageFailed(
-            f"the server did not become ready within {timeout_s:.0f} s; "
+            f"{self.not_ready} within {timeout_s:.0f} s; "
             f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.io import read_text
 
 UNIT_NS = {"ns": 1.0, "us": 1e3, "μs": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}
 # Header names (lower case, spaces and units removed) -> field.
@@ -127,12 +128,7 @@ def _number(cell: str, unit: str | None, *, duration: bool, path: Path, where: s
 def read_kernel_summary(path: str | Path) -> list[KernelRow]:
     """The kernel rows of an `nsys stats` CUDA GPU kernel summary CSV."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ArtifactError("file not found", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise ArtifactError(f"not UTF-8 text at byte {exc.start}", path=path) from None
+    text = read_text(path, encoding="utf-8-sig")
     lines = list(csv.reader(text.splitlines()))
     header, start = None, len(lines)
     for index, cells in enumerate(lines):

@@ -23,8 +23,8 @@ from typing import Any
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json
 from artifact.serving.config import ENDPOINTS, BenchConfig, load_prompts
-from artifact.serving.result_file import SERVER_INFO_KEYS, result_filename, result_to_vllm_json
-from artifact.serving.results import parse_goodput, parse_percentiles
+from artifact.serving.result_file import result_filename, result_to_vllm_json
+from artifact.serving.results import SERVER_INFO_KEYS, parse_goodput, parse_percentiles
 from artifact.serving.run import run_repetitions
 
 

@@ -39,6 +39,7 @@ from artifact.core.tables import csv_text
 from artifact.engines.vllm.provenance import parse_log
 from artifact.serving.results import (
     DEFAULT_PERCENTILES,
+    SERVER_INFO_KEYS,
     SUMMARY_KEY,
     estimate_e2els,
     file_percentiles,
@@ -82,16 +83,10 @@ METRIC_NAMES = (
     "goodput",
     "all",
 )
-CONFIG_COLUMNS = (
-    "engine",
-    "engine_version",
-    "mode",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "eplb",
-    "eplb_in_log",
-    "moe",
-)
+# A trace's config columns: the result files' server_info keys, and after `eplb` whether the
+# server log shows EPLB on.
+_AFTER_EPLB = SERVER_INFO_KEYS.index("eplb") + 1
+CONFIG_COLUMNS = (*SERVER_INFO_KEYS[:_AFTER_EPLB], "eplb_in_log", *SERVER_INFO_KEYS[_AFTER_EPLB:])
 CARD_CONFIG = ("moe", "max_num_seqs", "max_num_batched_tokens", "eplb")
 
 
@@ -162,8 +157,6 @@ def _merge(trace: Trace, source: str, values: dict[str, Any]) -> None:
 
 
 def _merge_server_info(trace: Trace, results: list[tuple[Path, dict]]) -> None:
-    from artifact.serving.result_file import SERVER_INFO_KEYS
-
     for _, data in results:
         server = data.get("server") or {}
         _merge(trace, "result file", {k: server[k] for k in SERVER_INFO_KEYS if k in server})

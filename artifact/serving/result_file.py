@@ -20,16 +20,6 @@ from artifact.serving.request import RequestRecord, ServerCapabilities
 from artifact.serving.results import summarize
 
 BACKENDS = {"/v1/completions": "openai", "/v1/chat/completions": "openai-chat"}
-# Keys of `server_info` the metrics tool reads to describe a run (all optional).
-SERVER_INFO_KEYS = (
-    "engine",
-    "engine_version",
-    "mode",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "eplb",
-    "moe",
-)
 
 
 @dataclass

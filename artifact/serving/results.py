@@ -54,6 +54,16 @@ PERF_KEYS = (
     "output_throughput",
     "total_token_throughput",
 )
+# Keys of `server_info` the metrics tool reads to describe a run (all optional).
+SERVER_INFO_KEYS = (
+    "engine",
+    "engine_version",
+    "mode",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "eplb",
+    "moe",
+)
 SUMMARY_STATS = ("mean", "median", "std", "p50", "p90", "p99")
 SUMMARY_KEY = re.compile(r"^(mean|median|std|p(\d+(?:\.\d+)?))_(ttft|tpot|itl|e2el)_ms$")
 

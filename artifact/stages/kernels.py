@@ -29,7 +29,7 @@ from pathlib import Path
 
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.runner import Stage, StageContext, StageOutcome
-from artifact.study import STUDY_ENV, STUDY_GATE_LOGS
+from artifact.study import STUDY_ENV
 
 OPTION_KEYS = (
     "shape",
@@ -154,18 +154,9 @@ class KernelsStage(Stage):
         parser.add_argument("--gemm-n", type=int, default=None, help="GEMM-rate probe size")
 
     def _replay_specs(self, ctx: StageContext) -> list[str]:
-        args = ctx.args
-        if args.replay is not None:
-            return list(args.replay)
-        specs = []
-        if ctx.layout.has_routing_logs():
-            specs.append(f"ours={ctx.layout.stage('bench')}")
-        study = os.environ.get(STUDY_ENV)
-        if study:
-            for name, sub in STUDY_GATE_LOGS.items():
-                if (Path(study) / sub).is_dir():
-                    specs.append(f"{name}={Path(study) / sub}")
-        return specs
+        from artifact.gpu.kernels.loads import replay_specs
+
+        return replay_specs(ctx.args.replay, ctx.layout, study=os.environ.get(STUDY_ENV))
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
         from artifact.gpu.kernels.loads import fingerprint

@@ -61,14 +61,10 @@ class ParallelStage(Stage):
         )
 
     def _replay_specs(self, ctx: StageContext) -> list[str]:
-        """Explicit --replay, else this run's bench logs and the study's gate logs."""
-        args = ctx.args
-        if args.replay is not None:
-            return list(args.replay)
-        specs = []
-        if ctx.layout.has_routing_logs():
-            specs.append(f"ours={ctx.layout.stage('bench')}")
-        return specs
+        """Explicit --replay, else this run's bench logs (the study's are added apart)."""
+        from artifact.gpu.kernels.loads import replay_specs
+
+        return replay_specs(ctx.args.replay, ctx.layout)
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
         from artifact.gpu.kernels.loads import fingerprint

@@ -7,31 +7,19 @@ result's TTFT x 3, a routing count) makes the matching claim FAIL and the exit c
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from test_checker_fixture import build_run_dir, write_claims
+from test_checker_fixture import analysed_run_dir
 
 from artifact.cli import main
 from artifact.routing.format import RoutingLog
-
-LOCAL_PROFILE = Path(__file__).resolve().parents[2] / "reproduce" / "profiles" / "local.yaml"
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     """The run directory after the real imbalance stage (built once per module)."""
-    root = tmp_path_factory.mktemp("checker")
-    claims = write_claims(root / "claims.yaml")
-    profile = root / "profiles" / "local.yaml"
-    profile.parent.mkdir()
-    raw = yaml.safe_load(LOCAL_PROFILE.read_text())
-    profile.write_text(yaml.safe_dump({**raw, "expected_results": str(claims)}))
-    run = build_run_dir(root, profile)
-    assert main(["imbalance", "--profile", str(profile), "--run-dir", str(run)]) == 0
-    return run, profile
+    return analysed_run_dir(tmp_path_factory.mktemp("checker"))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import yaml
 from artifact.core.manifest import RunDir
 from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
 
+LOCAL_PROFILE = Path(__file__).resolve().parents[2] / "reproduce" / "profiles" / "local.yaml"
 MODES = ("eager", "grouped_mm")
 SEQS = (2, 4, 8)
 TOKENS = 512
@@ -235,6 +236,21 @@ def build_run_dir(root: Path, profile: Path) -> Path:
             write_unit(bench, f"imbalance/{mode}/{stem}", unit, runs)
     rd.update("bench", status="complete", inputs={}, host={"gpus": []})
     return run
+
+
+def analysed_run_dir(root: Path) -> tuple[Path, Path]:
+    """build_run_dir under a copy of the local profile that expects CLAIMS, after the real
+    imbalance stage: the run directory and the profile."""
+    from artifact.cli import main
+
+    claims = write_claims(root / "claims.yaml")
+    profile = root / "profiles" / "local.yaml"
+    profile.parent.mkdir()
+    raw = yaml.safe_load(LOCAL_PROFILE.read_text())
+    profile.write_text(yaml.safe_dump({**raw, "expected_results": str(claims)}))
+    run = build_run_dir(root, profile)
+    assert main(["imbalance", "--profile", str(profile), "--run-dir", str(run)]) == 0
+    return run, profile
 
 
 def dataset_entry(index: int, score: float) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_mixtral
 
 from artifact.config.profiles import Mode, load_profile
 from artifact.core.errors import ArtifactError, StageFailed
@@ -20,17 +21,7 @@ from artifact.routing.format import RoutingLog, layer_totals
 pytestmark = pytest.mark.engine
 torch = pytest.importorskip("torch")
 
-TINY = {
-    "vocab_size": 32000,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "max_position_embeddings": 256,
-}
+TINY = tiny_mixtral()
 
 
 @pytest.fixture(scope="module")

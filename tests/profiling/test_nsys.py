@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import one_line_error
 
-from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.errors import StageFailed
 from artifact.profiling.nsys import (
     compare,
     eplb_table,
@@ -183,11 +184,7 @@ def test_compare_direction(human, tmp_path):
     ],
 )
 def test_bad_input_is_one_line(tmp_path, text, expected):
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    with pytest.raises(ArtifactError) as info:
-        read_kernel_summary(path)
-    assert str(info.value).startswith(str(path)) and expected in str(info.value)
+    assert expected in one_line_error(read_kernel_summary, tmp_path / "bad.csv", text)
 
 
 def test_cli(human, tmp_path):

@@ -2,11 +2,9 @@
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-import yaml
-from test_checker_fixture import build_run_dir, write_claims
+from test_checker_fixture import analysed_run_dir
 
 from artifact.checker.tables import RunTables
 from artifact.cli import main
@@ -15,20 +13,11 @@ from artifact.profiling.nsys import KernelRow, compare, summarize
 from artifact.report.build import make_figures
 from artifact.report.figures import PERF, imbalance_figure
 
-LOCAL_PROFILE = Path(__file__).resolve().parents[2] / "reproduce" / "profiles" / "local.yaml"
-
 
 @pytest.fixture(scope="module")
 def plotted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plots")
-    claims = write_claims(root / "claims.yaml")
-    profile = root / "profiles" / "local.yaml"
-    profile.parent.mkdir()
-    raw = yaml.safe_load(LOCAL_PROFILE.read_text())
-    profile.write_text(yaml.safe_dump({**raw, "expected_results": str(claims)}))
-    run = build_run_dir(root, profile)
+    run, profile = analysed_run_dir(tmp_path_factory.mktemp("plots"))
     args = ["--profile", str(profile), "--run-dir", str(run)]
-    assert main(["imbalance", *args]) == 0
     assert main(["plots", *args]) == 0
     return run, args
 

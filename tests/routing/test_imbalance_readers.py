@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 
 from artifact.core.errors import ArtifactError
 from artifact.routing.aggregate import (
@@ -68,12 +69,8 @@ def test_good_gate_log(tmp_path):
     ],
 )
 def test_bad_gate_log_is_one_line_naming_file(tmp_path, text, expected):
-    path = tmp_path / "gate_logs_0.json"
-    path.write_text(text)
-    with pytest.raises(ArtifactError) as info:
-        read_gate_log(path)
-    message = str(info.value)
-    assert message.startswith(str(path)) and expected in message
+    message = one_line_error(read_gate_log, tmp_path / "gate_logs_0.json", text)
+    assert expected in message
     assert "\n" not in message
 
 

@@ -10,23 +10,14 @@ import argparse
 import json
 
 import pytest
+from helpers import tiny_mixtral
 
 from artifact.serving.client import configure_parser, run_tool
 from artifact.serving.results import load_result, verify_result_file
 
 pytestmark = pytest.mark.engine
 
-TINY = {
-    "vocab_size": 32000,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "max_position_embeddings": 512,
-}
+TINY = tiny_mixtral(hidden_size=64, intermediate_size=128, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")

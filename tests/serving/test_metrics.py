@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from helpers import STUDY_EXACT_KEYS
 
 from artifact.cli import main
 from artifact.core.records import VLLM_ARRAYS
@@ -95,15 +96,7 @@ def vllm_file(seed: int = 0, n: int = 6) -> dict:
         "request_rate": "inf",
         "duration": 5.0,
     }
-    for key in (
-        "completed",
-        "total_input_tokens",
-        "total_output_tokens",
-        "request_throughput",
-        "input_throughput",
-        "output_throughput",
-    ):
-        data[key] = summary[key]
+    data.update({key: summary[key] for key in STUDY_EXACT_KEYS})
     for key in ("mean", "median", "p99"):
         data[f"{key}_ttft_ms"] = summary[f"{key}_ttft_ms"]
         data[f"{key}_itl_ms"] = summary[f"{key}_itl_ms"]

@@ -7,6 +7,7 @@ import signal
 
 import numpy as np
 import pytest
+from helpers import tiny_mixtral
 
 from artifact.config.profiles import load_profile
 from artifact.core.errors import StageFailed
@@ -20,17 +21,7 @@ from artifact.stages import load_stage
 pytestmark = pytest.mark.engine
 pytest.importorskip("torch")
 
-TINY = {
-    "vocab_size": 32000,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "max_position_embeddings": 512,
-}
+TINY = tiny_mixtral(max_position_embeddings=512)
 
 
 @pytest.fixture

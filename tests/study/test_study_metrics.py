@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import STUDY_EXACT_KEYS
 
 from artifact.serving.results import (
     estimate_e2els,
@@ -24,16 +25,6 @@ from artifact.serving.results import (
 
 pytestmark = pytest.mark.study
 
-EXACT = [
-    f"{stat}_{metric}_ms" for metric in ("ttft", "itl") for stat in ("mean", "median", "p99")
-] + [
-    "completed",
-    "total_input_tokens",
-    "total_output_tokens",
-    "request_throughput",
-    "input_throughput",
-    "output_throughput",
-]
 TPOT = ("mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms")
 
 
@@ -50,7 +41,7 @@ def test_every_original_file_recomputes_exactly(study_data):
         data = load_result(path)
         report = verify_result(data, path)
         assert report.mismatches == [], path
-        assert set(EXACT) <= set(report.checked), path
+        assert set(STUDY_EXACT_KEYS) <= set(report.checked), path
         assert sorted(report.unverifiable) == sorted(TPOT), path
 
 

@@ -27,8 +27,10 @@ import numpy as np
 from artifact.core.console import console
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json, read_json
+from artifact.core.layout import RunLayout
 from artifact.routing.format import RoutingLog
 from artifact.routing.readers import routing_blocks
+from artifact.study import STUDY_GATE_LOGS
 from artifact.study.gate_logs import find_gate_log_runs, read_gate_log_run
 
 FORMAT = "moe-expert-loads"
@@ -145,6 +147,23 @@ def fingerprint(path: Path) -> str:
         (str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
     ]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def replay_specs(
+    replay: list[str] | None, layout: RunLayout, *, study: str | None = None
+) -> list[str]:
+    """Explicit --replay specs, else this run's bench routing logs and, with a study folder,
+    the study's gate logs found there."""
+    if replay is not None:
+        return list(replay)
+    specs = []
+    if layout.has_routing_logs():
+        specs.append(f"ours={layout.stage('bench')}")
+    if study:
+        for name, sub in STUDY_GATE_LOGS.items():
+            if (Path(study) / sub).is_dir():
+                specs.append(f"{name}={Path(study) / sub}")
+    return specs
 
 
 def read_loads_file(path: Path) -> list[LoadSource]:
