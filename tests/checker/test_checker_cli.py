@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_checker_fixture import analysed_run_dir
+from run_dirs import analysed_run_dir
 
 from artifact.cli import main
 from artifact.routing.format import RoutingLog

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from test_checker_fixture import analysed_run_dir
+from run_dirs import analysed_run_dir
 
 from artifact.checker.tables import RunTables
 from artifact.cli import main
