@@ -59,7 +59,8 @@ def fake_vllm(tmp_path, monkeypatch) -> Path:
     raw = yaml.safe_load((REPO / "reproduce" / "profiles" / "perlmutter.yaml").read_text())
     raw["engine"].update(launcher="bare", startup_timeout_s=30)
     raw["engine"].pop("hf_home")
-    raw["modes"]["all2all-eplb"].pop("image")
+    for mode in raw["modes"].values():
+        mode.pop("image", None)
     path = tmp_path / "profiles" / "perlmutter.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw))

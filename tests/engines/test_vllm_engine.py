@@ -79,7 +79,32 @@ def test_mode_argument_lists(engine):
     assert surface_key(engine.mode_ref(modes["all2all-eplb"])) == "0.11.0"
     assert "--enable-eplb" in eplb
     config = json.loads(eplb[eplb.index("--eplb-config") + 1])
-    assert config == {"window_size": 100, "step_interval": 200, "log_balancedness": True}
+    assert config == {"window_size": 100, "step_interval": 200}  # no balancedness logging
+    assert not [a for a in eplb if "balancedness" in a]
+
+
+def test_the_eplb_ablation_arms_differ_only_by_eplb(engine):
+    """Both arms: the v0.11.0 image and build, one pinned all2all manager; the EPLB arm's
+    command is the other's plus --enable-eplb and its --eplb-config (issue 17)."""
+    off_name, on_name = engine.profile.experiments.eplb_ablation.modes
+    off, on = engine.profile.modes[off_name], engine.profile.modes[on_name]
+    assert not off.enable_eplb and on.enable_eplb
+    log = Path("/runs/p/bench/eplb_ablation/x/server.log")
+    argv_off = engine.command(off, LIMITS, 8123, log_path=log)
+    argv_on = engine.command(on, LIMITS, 8123, log_path=log)
+    image = "moe-artifact-vllm:v0.11.0"
+    assert engine.mode_image(off) == engine.mode_image(on) == image
+    assert image in argv_off and image in argv_on
+    assert surface_key(engine.mode_ref(off)) == surface_key(engine.mode_ref(on)) == "0.11.0"
+    assert argv_off[argv_off.index("VLLM_ALL2ALL_BACKEND=naive") - 1] == "-e"
+    assert engine.server_env(off, None) == engine.server_env(on, None)
+    eplb_config = argv_on[argv_on.index("--eplb-config") : argv_on.index("--eplb-config") + 2]
+    assert json.loads(eplb_config[1]) == {"window_size": 100, "step_interval": 200}
+    without_eplb = [a for a in argv_on if a != "--enable-eplb" and a not in eplb_config]
+    assert without_eplb == argv_off
+    # The study's sweep point stays on its own build with the build's default manager.
+    sweep = engine.profile.modes["all2all"]
+    assert surface_key(engine.mode_ref(sweep)) == "2f13319f" and sweep.all2all_backend is None
 
 
 def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
@@ -89,7 +114,7 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
     raw["model"]["hub_id"] = "deepseek-ai/DeepSeek-V2-Lite"
     mode = raw["modes"]["all2all-eplb"]
     mode.pop("vllm_ref"), mode.pop("image")
-    mode["eplb"]["num_redundant_experts"] = 4
+    mode["eplb"].update(num_redundant_experts=4, log_balancedness=True)
     eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
     m = eng.profile.modes["all2all-eplb"]
     eng.validate_mode("all2all-eplb", m)
@@ -244,6 +269,7 @@ def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
 
 
 def test_provenance_mismatch_of_a_live_server(tmp_path, fake_vllm, monkeypatch):
+    # A build that ignores the pinned VLLM_ALL2ALL_BACKEND and --enable-eplb alike.
     monkeypatch.setenv("FAKE_MANAGER", "AllGather-ReduceScatter")
     monkeypatch.setenv("FAKE_VLLM_VERSION", "0.11.0")
     monkeypatch.setenv("FAKE_EPLB_OFF", "1")  # --enable-eplb accepted, nothing enabled
@@ -251,7 +277,7 @@ def test_provenance_mismatch_of_a_live_server(tmp_path, fake_vllm, monkeypatch):
     with eng.start("all2all-eplb", LIMITS, tmp_path / "s" / "server.log") as server:
         problems = eng.check_provenance("all2all-eplb", LIMITS, server.provenance())
     assert any(p.startswith("EPLB: claimed enabled") for p in problems)
-    assert not any("all2all" in p for p in problems)  # the 0.11.0 default is expected
+    assert "all2all: claimed naive, the log shows allgather_reducescatter" in problems
 
 
 def test_a_server_that_dies_reports_its_log(tmp_path, fake_vllm, monkeypatch):

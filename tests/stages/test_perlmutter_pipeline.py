@@ -36,7 +36,9 @@ def pipeline(tmp_path, fake_vllm, monkeypatch):
     raw["engine"]["hf_home"] = "$MOE_TEST_SCRATCH/hf"
     monkeypatch.setenv("MOE_TEST_SCRATCH", str(tmp_path / "scratch"))
     write_hf_snapshot(tmp_path / "scratch" / "hf", raw["model"]["hub_id"])
-    # The EPLB build logs "EPLB is enabled"; its kernels take 5.6% longer (stand-in nsys).
+    # Both ablation arms run the v0.11.0 build; with EPLB it logs "EPLB is enabled" and its
+    # kernels take 5.6% longer (stand-in nsys).
+    raw["modes"]["all2all-v011"]["env"] = {"FAKE_VLLM_VERSION": "0.11.0"}
     raw["modes"]["all2all-eplb"]["env"] = {
         "FAKE_VLLM_VERSION": "0.11.0",
         "FAKE_KERNEL_SCALE": "1.056",
@@ -89,10 +91,10 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
         "model-00002-of-00002.safetensors",
     }
     assert not (run / "install" / "images.json").exists()  # launcher bare: no image
-    assert sorted(p.name for p in (run / "serve").iterdir()) == ["all2all", "all2all-eplb"]
+    assert sorted(p.name for p in (run / "serve").iterdir()) == ["all2all-eplb", "all2all-v011"]
     assert sorted(p.name for p in bench.iterdir()) == ["eplb_ablation"]
     assert (run / "datasets" / "eplb_prompts.jsonl").read_text().count("\n") == 4
-    for mode in ("all2all", "all2all-eplb"):
+    for mode in ("all2all-v011", "all2all-eplb"):
         unit = bench / "eplb_ablation" / mode
         record = json.loads((unit / "unit.json").read_text())
         assert [r["result"] for r in record["runs"]] == ["run.rep00.json", "run.rep01.json"]
@@ -108,10 +110,16 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
         (bench / "eplb_ablation" / "all2all-eplb" / "provenance.json").read_text()
     )
     assert eplb_prov["eplb_enabled"] and eplb_prov["vllm_version"] == "0.11.0"
+    # One build and one pinned all2all manager on both arms: EPLB is the only difference.
+    off_prov = json.loads(
+        (bench / "eplb_ablation" / "all2all-v011" / "provenance.json").read_text()
+    )
+    assert not off_prov["eplb_enabled"] and off_prov["vllm_version"] == "0.11.0"
+    assert off_prov["all2all_manager"] == eplb_prov["all2all_manager"] == "naive"
     assert ctx.run_dir.record("bench")["experiments"] == ["eplb_ablation"]
     assert profiles_run(nsys_calls) == 2
     ablation_files = hash_tree(bench / "eplb_ablation", run)
-    timed_done = (bench / "eplb_ablation" / "all2all" / "unit.json").stat().st_mtime_ns
+    timed_done = (bench / "eplb_ablation" / "all2all-v011" / "unit.json").stat().st_mtime_ns
 
     # Job 2: the imbalance experiment on the same run directory; job 1's units stay.
     assert job(ctx, monkeypatch, "imbalance") == ["skipped", "skipped", "complete", "complete"]
@@ -128,7 +136,8 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     ctx.run_dir.update("bench", status="failed")
     assert job(ctx, monkeypatch, "eplb_ablation")[-1] == "complete"
     assert profiles_run(nsys_calls) == 3
-    assert (bench / "eplb_ablation" / "all2all" / "unit.json").stat().st_mtime_ns == timed_done
+    off_unit = bench / "eplb_ablation" / "all2all-v011" / "unit.json"
+    assert off_unit.stat().st_mtime_ns == timed_done
 
     # No selection: only the experiment not yet run (the config sweep) runs.
     assert job(ctx, monkeypatch, None)[-1] == "complete"
@@ -144,8 +153,8 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     assert run_stage(load_stage("imbalance"), ctx) == "complete"
     stats = [json.loads(x) for x in nsys_calls.read_text().splitlines() if '"stats"' in x]
     assert [c[c.index("--report") + 1] for c in stats] == ["cuda_gpu_kern_sum", "gpukernsum"] * 2
-    report = bench / "eplb_ablation" / "all2all" / "profile" / "server.nsys-rep"
-    csv_path = run / "imbalance" / "nsys" / "eplb_ablation" / "all2all" / "profile"
+    report = bench / "eplb_ablation" / "all2all-eplb" / "profile" / "server.nsys-rep"
+    csv_path = run / "imbalance" / "nsys" / "eplb_ablation" / "all2all-eplb" / "profile"
     assert stats[1] == [
         "stats",
         "--report",
@@ -161,9 +170,9 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     assert sorted(p.name for p in csv_path.iterdir()) == ["server.kernels.csv"]
     assert not list(bench.rglob("*.sqlite")) and not list(bench.rglob("*.csv"))
     eplb = json.loads((run / "imbalance" / "eplb.json").read_text())
-    assert [r["label"] for r in eplb["runs"]] == ["all2all", "all2all-eplb"]
+    assert [r["label"] for r in eplb["runs"]] == ["all2all-v011", "all2all-eplb"]
     assert eplb["runs"][0]["source"] == (
-        "imbalance/nsys/eplb_ablation/all2all/profile/server.kernels.csv"
+        "imbalance/nsys/eplb_ablation/all2all-v011/profile/server.kernels.csv"
     )
     change = {c["metric"]: c["change_pct"] for c in eplb["comparison"]}
     assert change["fused_moe.total_ms"] == pytest.approx(5.6, abs=0.01)
@@ -207,6 +216,6 @@ def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatc
     with pytest.raises(ArtifactError, match=r"no nsys report .*server\.log"):
         job(ctx, monkeypatch, "eplb_ablation")
     timed = ctx.run_dir.path / "bench" / "eplb_ablation"
-    assert (timed / "all2all" / "unit.json").exists() and (
+    assert (timed / "all2all-v011" / "unit.json").exists() and (
         timed / "all2all-eplb" / "unit.json"
     ).exists()
