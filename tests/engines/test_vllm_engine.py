@@ -181,6 +181,8 @@ def test_the_naive_backend_at_the_dev_build_and_its_env(tmp_path, monkeypatch):
 
 def test_podman_hpc_launch(engine, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    monkeypatch.setenv("NCCL_IB_DISABLE", "1")
     log = Path("/runs/p/bench/config_sweep/all2all/32_8192/server.log")
     argv = engine.command(
         engine.profile.modes["all2all"], LIMITS, 8123, log_path=log, container="c1"
@@ -194,12 +196,48 @@ def test_podman_hpc_launch(engine, monkeypatch):
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
     assert "HF_HOME=/scratch/u/moe-artifact/hf" in envs and "HF_HUB_OFFLINE=1" in envs
     assert f"MOE_ARTIFACT_ROUTING_CONTROL={log.parent}/routing-control.json" in envs
-    assert "HF_TOKEN" in envs  # by name: podman passes the value through
-    assert not any("hf_secret_value" in a for a in argv)
+    # Serving is offline: no token, by value or by name; the job's NCCL settings go in.
+    assert not any("HF_TOKEN" in a or "hf_secret_value" in a for a in argv)
+    assert "NCCL_DEBUG=INFO" in envs and "NCCL_IB_DISABLE=1" in envs
+    # Each image's JIT caches: one host folder under $SCRATCH, bound at the same path.
+    cache = "/scratch/u/moe-artifact/jit-cache/moe-artifact-vllm_2f13319f"
+    assert f"{cache}:{cache}" in volumes
+    assert {f"TRITON_CACHE_DIR={cache}/triton", f"VLLM_CACHE_ROOT={cache}/vllm"} <= set(envs)
+    assert f"FLASHINFER_WORKSPACE_BASE={cache}/flashinfer" in envs
     image = argv.index("moe-artifact-vllm:2f13319f")
     assert argv[image + 1 : image + 3] == ["vllm", "serve"]
     eplb = engine.command(engine.profile.modes["all2all-eplb"], LIMITS, 1, log_path=log)
     assert "moe-artifact-vllm:v0.11.0" in eplb
+    assert (
+        "TRITON_CACHE_DIR=/scratch/u/moe-artifact/jit-cache/moe-artifact-vllm_v0.11.0/triton"
+        in eplb
+    )
+
+
+def test_jit_cache_in_the_run_directory_without_scratch(tmp_path, monkeypatch):
+    """No $SCRATCH: the caches go to the run directory; start() creates the bind source."""
+    monkeypatch.delenv("SCRATCH", raising=False)
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "podman-hpc")  # its `run` of a server fails: the server dies at start
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PODMAN_CALLS", str(tmp_path / "calls"))
+    raw = perlmutter_raw()
+    raw["engine"].update(hf_home=str(tmp_path / "hf"), startup_timeout_s=10)
+    eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    assert isinstance(eng, VllmEngine)
+    log = tmp_path / "run" / "bench" / "u" / "server.log"
+    cache = log.parent / "jit-cache" / "moe-artifact-vllm_2f13319f"  # no manifest: log's folder
+    assert eng.jit_cache(eng.profile.modes["baseline"], log.parent) == cache
+    with pytest.raises(StageFailed):
+        eng.start("baseline", LIMITS, log)
+    assert cache.is_dir()
+    argv = json.loads((tmp_path / "calls").read_text().splitlines()[0])
+    assert argv[0] == "run" and f"{cache}:{cache}" in argv
+    raw["engine"]["launcher"] = "bare"
+    bare = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    assert (
+        isinstance(bare, VllmEngine) and bare.jit_cache(bare.profile.modes["baseline"], log) is None
+    )
 
 
 def test_apptainer_and_bare_and_nsys(tmp_path, monkeypatch):
@@ -214,6 +252,8 @@ def test_apptainer_and_bare_and_nsys(tmp_path, monkeypatch):
     assert argv[:4] == ["apptainer", "exec", "--nv", "--cleanenv"]
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
     assert "/s/data:/data:ro" in binds and "/s/moe-artifact/hf:/s/moe-artifact/hf" in binds
+    cache = "/s/moe-artifact/jit-cache/moe-artifact-vllm_2f13319f.sif"
+    assert f"{cache}:{cache}" in binds and f"VLLM_CACHE_ROOT={cache}/vllm" in argv
     inner = argv[argv.index("/images/moe-artifact-vllm_2f13319f.sif") + 1 :]
     assert inner[:5] == ["nsys", "profile", "--trace", "cuda,nvtx", "--trace-fork-before-exec=true"]
     assert inner[inner.index("--output") + 1] == "/r/x"

@@ -15,8 +15,10 @@ and the original study ran eager too) and `--no-enable-prefix-caching` (measured
 repetitions resend the same prompts; the original study ran each configuration once, with
 the default prefix cache on), and binds 127.0.0.1. Launchers: `bare` (the `vllm` on
 PATH), `podman-hpc` (`podman-hpc run --gpu --net host`, shared memory, the Hugging Face
-cache, the run directory and any profile mounts bound at the same paths) and `apptainer`
-(`apptainer exec --nv --cleanenv`). `start(..., nsys_report=PATH)` runs the server under
+cache, the run directory, the image's JIT caches and any profile mounts bound at the same
+paths) and `apptainer` (`apptainer exec --nv --cleanenv`). The job's NCCL_* variables are
+passed in; no server gets the Hugging Face token (serving is offline).
+`start(..., nsys_report=PATH)` runs the server under
 `nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
 servers run under nsys).
 
@@ -71,8 +73,17 @@ ALL2ALL_BACKENDS = {
         "flashinfer_all2allv",
     ),
 }
-# Variables passed into containers by name only (values never on a command line or in a log).
+# Never given to a server (serving is offline: only the install's download needs a token).
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Containers start empty: each image's JIT caches live on the host, under $SCRATCH (else the
+# run directory), so a server start reuses what an earlier one compiled. FlashInfer >= 0.3
+# (v0.11.0 pins 0.3.1) reads FLASHINFER_WORKSPACE_BASE; a build that does not ignores it.
+JIT_CACHE = "moe-artifact/jit-cache"
+JIT_CACHE_ENV = {
+    "TRITON_CACHE_DIR": "triton",
+    "VLLM_CACHE_ROOT": "vllm",
+    "FLASHINFER_WORKSPACE_BASE": "flashinfer",
+}
 LAUNCH_PREFIX = "moe-artifact launch: "
 
 
@@ -410,8 +421,23 @@ class VllmEngine(Engine):
             env["VLLM_ALL2ALL_BACKEND"] = mode.all2all_backend
         if control is not None:
             env[CONTROL_ENV] = str(control)
+        # NCCL settings of the job (NCCL_DEBUG, ...) reach containers only when passed in.
+        env.update({k: v for k, v in os.environ.items() if k.startswith("NCCL_")})
         env.update(mode.env)
         return env
+
+    def jit_cache(self, mode: Mode, run_dir: Path | None) -> Path | None:
+        """The host folder of the mode's image's JIT caches (None for the bare launcher, or
+        with neither $SCRATCH nor a run directory); one per image, as builds differ."""
+        if self.profile.engine.launcher == "bare":
+            return None
+        if os.environ.get("SCRATCH"):
+            base = Path(os.environ["SCRATCH"], JIT_CACHE)
+        elif run_dir is not None:
+            base = run_dir / "jit-cache"
+        else:
+            return None
+        return base / safe_name(str(self.mode_image(mode)).rsplit("/", 1)[-1])
 
     def expand(self, value: str, field: str) -> str:
         """$VARS in a profile path, expanded; an unset variable is an error, not a '$' path."""
@@ -447,9 +473,13 @@ class VllmEngine(Engine):
         """Wrap `inner` (the command to run) in the profile's launcher."""
         engine = self.profile.engine
         mounts = [self.expand(m, "engine.mounts") for m in engine.mounts]
-        paths = sorted({str(p) for p in binds} | ({env["HF_HOME"]} if "HF_HOME" in env else set()))
+        paths = {str(p) for p in binds} | ({env["HF_HOME"]} if "HF_HOME" in env else set())
         if engine.launcher == "bare":
             return inner
+        cache = self.jit_cache(mode, binds[0] if binds else None)
+        if cache is not None:
+            paths.add(str(cache))
+            env = {**env, **{name: str(cache / sub) for name, sub in JIT_CACHE_ENV.items()}}
         image = str(self.mode_image(mode))
         if engine.launcher == "podman-hpc":
             cmd = ["podman-hpc", "run", "--rm", "--gpu", "--net", "host"]
@@ -460,13 +490,10 @@ class VllmEngine(Engine):
         else:
             cmd = ["apptainer", "exec", "--nv", "--cleanenv"]
             bind, set_env = "--bind", "--env"
-        for mount in [f"{path}:{path}" for path in paths] + mounts:
+        for mount in [f"{path}:{path}" for path in sorted(paths)] + mounts:
             cmd += [bind, mount]
         for name, value in sorted(env.items()):
             cmd += [set_env, f"{name}={value}"]
-        if engine.launcher == "podman-hpc":
-            for name in SECRET_ENV:
-                cmd += ["-e", name]  # passed through by name: the value never shows
         return [*cmd, image, *inner]
 
     def command(
@@ -506,6 +533,8 @@ class VllmEngine(Engine):
             container = f"moe-artifact-{os.getpid()}-{port}"
         control = UnitDir(log_path.parent).routing_control
         control.unlink(missing_ok=True)
+        if (cache := self.jit_cache(mode, run_root(log_path))) is not None:
+            cache.mkdir(parents=True, exist_ok=True)  # a bind source must exist
         argv = self.command(
             mode,
             limits,
@@ -515,11 +544,7 @@ class VllmEngine(Engine):
             container=container,
         )
         server_env = self.server_env(mode, control)
-        env = dict(os.environ, **server_env)
-        if engine.launcher == "apptainer":
-            for name in SECRET_ENV:
-                if name in os.environ:
-                    env[f"APPTAINERENV_{name}"] = os.environ[name]
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | server_env
         launch = {
             "launcher": engine.launcher,
             "image": self.mode_image(mode) if engine.launcher != "bare" else None,
@@ -568,6 +593,11 @@ class VllmEngine(Engine):
         flags = intrinsic_flags(prov)
         more, _notes = expectation_flags(prov, expectation)
         return flags + [f for f in more if f not in flags]
+
+
+def safe_name(tag: str) -> str:
+    """An image tag as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
 
 
 def run_root(log_path: Path) -> Path:

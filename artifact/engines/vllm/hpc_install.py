@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json, read_json
 from artifact.core.layout import RunLayout
 from artifact.engines.base import log_tail
-from artifact.engines.vllm.engine import VllmEngine
+from artifact.engines.vllm.engine import VllmEngine, safe_name
 
 REVISION = "main"
 IMAGE_INFO = "/opt/moe-artifact/image-info.json"  # written by containers/image_info.py
@@ -98,10 +97,6 @@ def profile_images(profile: Profile) -> dict[str, str]:
                 where=f"field 'modes.{name}'",
             )
     return images
-
-
-def safe_name(tag: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
 
 
 class ImageInstaller:
