@@ -9,6 +9,9 @@
 #       --extra-ca /etc/ssl/certs/ca-certificates.crt
 #   containers/build.sh --tool apptainer --variant gpu --vllm-ref v0.11.0 --tag moe-artifact-vllm_v0.11.0.sif
 #
+# --label KEY=VALUE (repeatable; podman, podman-hpc and buildah) labels the image: the install
+# stage labels it moe-artifact.plugin-source=<hash of the plugin's source files> and rebuilds
+# an image whose label differs from the checkout's.
 # podman, podman-hpc and buildah build containers/Containerfile; apptainer builds
 # containers/moe-artifact.def from a clean staged copy of the repository (both files come
 # from containers/render.py and run containers/install.sh the same way).
@@ -26,6 +29,7 @@ extra_ca=""
 wheels=""
 isolation=""
 no_cache=()
+labels=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tool) tool=$2; shift 2 ;;
@@ -38,6 +42,7 @@ while [[ $# -gt 0 ]]; do
         --wheels) wheels=$2; shift 2 ;;
         --isolation) isolation=$2; shift 2 ;;
         --no-cache) no_cache=(--no-cache); shift ;;
+        --label) labels+=(--label "$2"); shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -48,6 +53,7 @@ args=(--build-arg "VARIANT=$variant" --build-arg "VLLM_REF=$vllm_ref")
 start=$(date +%s)
 
 if [[ "$tool" == apptainer ]]; then
+    [[ ${#labels[@]} -eq 0 ]] || { echo "--label: podman, podman-hpc and buildah builds only" >&2; exit 2; }
     stage=$(mktemp -d)
     trap 'rm -rf "$stage"' EXIT
     tar -C "$root" --exclude-vcs --exclude-from="$here/containerignore" -cf - . | tar -C "$stage" -xf -
@@ -69,7 +75,7 @@ else
         buildah) build=(buildah bud) ;;
         *) build=("$tool" build) ;;
     esac
-    "${build[@]}" "${no_cache[@]}" "${args[@]}" --ignorefile "$here/containerignore" -f "$here/Containerfile" -t "$tag" "$root"
+    "${build[@]}" "${no_cache[@]}" "${args[@]}" "${labels[@]}" --ignorefile "$here/containerignore" -f "$here/Containerfile" -t "$tag" "$root"
     inspect=podman
     [[ "$tool" == podman-hpc ]] && inspect=podman-hpc
     [[ "$tool" == buildah ]] && inspect=buildah

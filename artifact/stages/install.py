@@ -48,6 +48,16 @@ class InstallStage(Stage):
     # modes: a mode may name its own image and vLLM build
     profile_sections = ("model", "engine", "modes")
 
+    def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
+        """Images hold the vLLM plugin: a change of its source redoes the install, which
+        rebuilds the images labelled with other plugin source."""
+        engine = ctx.profile.engine
+        if ctx.profile.model.source != "hub" or engine.kind != "vllm" or engine.launcher == "bare":
+            return {}
+        from artifact.engines.vllm.hpc_install import plugin_source_hash
+
+        return {"plugin_source": plugin_source_hash()}
+
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = ctx.profile.model
         if spec.source == "hub":

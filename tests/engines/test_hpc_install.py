@@ -1,6 +1,7 @@
 """The install stage for the perlmutter profile against a stand-in `podman-hpc` (tests/
 standins.py) running the real containers/build.sh: images built or pulled, migrated and
-recorded, weights downloaded inside the image with the token passed by name only, resume."""
+recorded, weights downloaded inside the image with the token passed by name only, resume,
+images of other plugin source rebuilt."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
-from standins import SNAPSHOT_COMMIT, install
+from standins import SNAPSHOT_COMMIT, install, podman_images, set_podman_image
 
 from artifact.config.profiles import load_profile, project_root
 from artifact.core.errors import ArtifactError
 from artifact.core.manifest import RunDir
 from artifact.core.runner import StageContext, run_stage
+from artifact.engines.vllm import hpc_install
+from artifact.engines.vllm.hpc_install import PLUGIN_LABEL, PLUGIN_SOURCES, plugin_source_hash
 from artifact.stages import load_stage
 
 TOKEN = "hf_secret_value_never_shown"
@@ -123,13 +126,74 @@ def test_build_migrate_download_and_resume(podman, tmp_path, monkeypatch):
 def test_pull_instead_of_build(podman, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_PULL", "registry.example.org/moe")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_PULLED_LABELS", json.dumps({PLUGIN_LABEL: plugin_source_hash()}))
     ctx = StageContext(profile=load_profile("perlmutter"), run_dir=RunDir(tmp_path / "run"))
     assert install_stage(ctx) == "complete"
     made = calls(podman)
     source = "registry.example.org/moe:2f13319f"
-    assert made[1:4] == [["pull", source], ["tag", source, MAIN], ["migrate", MAIN]]
+    assert [c for c in made if c[0] != "image"][:3] == [
+        ["pull", source],
+        ["tag", source, MAIN],
+        ["migrate", MAIN],
+    ]
     assert ["run", "--rm", MAIN, "cat", "/opt/moe-artifact/image-info.json"] in made
     assert not any(c[0] == "build" for c in made)
     record = json.loads((ctx.stage_dir("install") / "images.json").read_text())[MAIN]
     assert record["how"] == f"pulled from {source}" and record["size_bytes"] == 4096
     assert TOKEN not in all_text(ctx.run_dir.path, podman)
+
+    # A registry image of other plugin source is refused, in one line naming both hashes.
+    monkeypatch.setenv("FAKE_PULLED_LABELS", json.dumps({PLUGIN_LABEL: "0" * 64}))
+    ctx = StageContext(profile=load_profile("perlmutter"), run_dir=RunDir(tmp_path / "run2"))
+    set_podman_image(MAIN, {PLUGIN_LABEL: "0" * 64})
+    with pytest.raises(ArtifactError, match="holds plugin source 000000000000, this checkout"):
+        install_stage(ctx)
+
+
+def test_plugin_source_hash_covers_the_plugin_only(tmp_path):
+    for source in PLUGIN_SOURCES:
+        src = project_root() / source
+        files = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+        for file in files:
+            copy = tmp_path / file.relative_to(project_root())
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(file.read_bytes())
+    assert plugin_source_hash(tmp_path) == plugin_source_hash()
+    (tmp_path / "artifact" / "engines" / "vllm" / "other.py").write_text("x = 1\n")
+    assert plugin_source_hash(tmp_path) == plugin_source_hash()
+    hooks = tmp_path / "artifact" / "engines" / "vllm" / "plugin" / "hooks.py"
+    hooks.write_text(hooks.read_text() + "# changed\n")
+    assert plugin_source_hash(tmp_path) != plugin_source_hash()
+
+
+def test_images_of_other_plugin_source_are_rebuilt(podman, tmp_path, monkeypatch):
+    """inspect finds both tags, but one was built by hand (no label) and one from other
+    plugin source: both are rebuilt with this checkout's label; a plugin change redoes it."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    current = plugin_source_hash()
+    set_podman_image(MAIN, {})
+    set_podman_image(EPLB, {PLUGIN_LABEL: "0" * 64})
+    ctx = StageContext(profile=load_profile("perlmutter"), run_dir=RunDir(tmp_path / "run"))
+    assert install_stage(ctx) == "complete"
+    builds = [c for c in calls(podman) if c[0] == "build"]
+    assert [c[c.index("-t") + 1] for c in builds] == [MAIN, EPLB]
+    assert all(c[c.index("--label") + 1] == f"{PLUGIN_LABEL}={current}" for c in builds)
+    assert podman_images() == {MAIN: {PLUGIN_LABEL: current}, EPLB: {PLUGIN_LABEL: current}}
+    images = json.loads((ctx.stage_dir("install") / "images.json").read_text())
+    assert {r["how"] for r in images.values()} == {"built"}
+    assert {r["plugin_source"] for r in images.values()} == {current}
+
+    # Forced again with the same source: found and reused.
+    before = len(calls(podman))
+    ctx.force = True
+    assert install_stage(ctx) == "complete"
+    assert not any(c[0] == "build" for c in calls(podman)[before:])
+
+    # The plugin's source changes: the stage is no longer up to date and rebuilds both.
+    ctx.force = False
+    monkeypatch.setattr(hpc_install, "plugin_source_hash", lambda root=None: "1" * 64)
+    before = len(calls(podman))
+    assert install_stage(ctx) == "complete"
+    rebuilt = [c for c in calls(podman)[before:] if c[0] == "build"]
+    assert [c[c.index("-t") + 1] for c in rebuilt] == [MAIN, EPLB]
+    assert podman_images()[MAIN] == {PLUGIN_LABEL: "1" * 64}

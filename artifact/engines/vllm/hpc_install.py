@@ -3,13 +3,18 @@
 Images (launcher podman-hpc): every image the profile's modes use (engine.image, any
 mode.image), each with the vLLM ref of the modes that use it. An image is one resumable
 unit, done when `install/images/<tag>.json` exists and `podman-hpc image inspect` still finds
-it. Otherwise: an image that inspect finds is reused, else built with `containers/build.sh
---tool podman-hpc --variant gpu --vllm-ref REF --tag TAG --info FILE` or, with
-IMAGE_PULL=registry/path set, pulled as `registry/path:<tag's version>` and tagged; then
-`podman-hpc migrate TAG` makes it visible on compute nodes. The record holds the digest, the
-size and the versions inside the image (containers/image_info.py's JSON): build.sh's --info
-file for a build, `image inspect` plus the image's own /opt/moe-artifact/image-info.json
-otherwise. `install/images.json` collects them. Launcher `bare` (vllm on PATH) has no image.
+it holding this checkout's plugin source. An image is labelled at build with the hash of the
+plugin's source files (PLUGIN_SOURCES, label `moe-artifact.plugin-source`); one whose label
+differs (built from other source, or by hand without the label) is stale. Otherwise: an
+image that inspect finds, not stale, is reused, else built with `containers/build.sh --tool
+podman-hpc --variant gpu --vllm-ref REF --tag TAG --label moe-artifact.plugin-source=HASH
+--info FILE` or, with IMAGE_PULL=registry/path set, pulled as `registry/path:<tag's
+version>` and tagged (a pulled image of other plugin source is an error); then `podman-hpc
+migrate TAG` makes it visible on compute nodes. The record holds the digest, the size, the
+plugin source hash and the versions inside the image (containers/image_info.py's JSON):
+build.sh's --info file for a build, `image inspect` plus the image's own
+/opt/moe-artifact/image-info.json otherwise. `install/images.json` collects them. Launcher
+`bare` (vllm on PATH) has no image.
 
 Weights: a complete snapshot of model.hub_id in the Hugging Face cache (engine.hf_home, else
 $HF_HOME or ~/.cache/huggingface): config.json and every safetensors file that
@@ -25,6 +30,7 @@ StageFailed naming its log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +51,10 @@ IMAGE_INFO = "/opt/moe-artifact/image-info.json"  # written by containers/image_
 PULL_ENV = "IMAGE_PULL"
 TOKEN_ENV = "HF_TOKEN"
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
+# What of the artifact runs inside vLLM's workers: the routing plugin and the log format it
+# writes. Their hash labels the image, so an image holding other plugin source is rebuilt.
+PLUGIN_SOURCES = ("artifact/engines/vllm/plugin", "artifact/routing/format.py")
+PLUGIN_LABEL = "moe-artifact.plugin-source"
 DOWNLOAD = (
     "import sys; from huggingface_hub import snapshot_download; "
     f"print(snapshot_download(sys.argv[1], revision={REVISION!r}, "
@@ -73,6 +83,18 @@ def run_logged(argv: list[str], log: Path, what: str, env: dict | None = None) -
 
 
 # --- images --------------------------------------------------------------------------------
+
+
+def plugin_source_hash(root: Path | None = None) -> str:
+    """sha256 of PLUGIN_SOURCES' Python files (relative paths and contents) under `root`."""
+    root = root or project_root()
+    digest = hashlib.sha256()
+    for source in PLUGIN_SOURCES:
+        path = root / source
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def profile_images(profile: Profile) -> dict[str, str]:
@@ -104,10 +126,11 @@ class ImageInstaller:
         self.launcher = launcher
         self.layout = layout
 
-    def inspect(self, tag: str, field: str) -> str | None:
-        """`image inspect --format {{.FIELD}}`, or None when there is no such image."""
+    def inspect(self, tag: str, expr: str) -> str | None:
+        """`image inspect --format {{EXPR}}` (`.Id`, `index .Labels "NAME"`), or None when
+        there is no such image."""
         proc = subprocess.run(
-            [self.launcher, "image", "inspect", "--format", f"{{{{.{field}}}}}", tag],
+            [self.launcher, "image", "inspect", "--format", f"{{{{{expr}}}}}", tag],
             capture_output=True,
             text=True,
             check=False,
@@ -116,28 +139,41 @@ class ImageInstaller:
 
     def described(self, tag: str, how: str, log: Path) -> dict:
         """The record of an image not built here: inspect plus the image's own info file."""
-        size = self.inspect(tag, "Size")
+        size = self.inspect(tag, ".Size")
         inside = run_logged(
             [self.launcher, "run", "--rm", tag, "cat", IMAGE_INFO], log, f"reading {IMAGE_INFO}"
         )
         return {
             "tag": tag,
             "tool": self.launcher,
-            "digest": self.inspect(tag, "Digest"),
+            "digest": self.inspect(tag, ".Digest"),
             "size_bytes": int(size) if size and size.isdigit() else None,
             "image": json.loads(inside),
             "how": how,
         }
 
+    def plugin_source(self, tag: str) -> str:
+        """The plugin source hash an image is labelled with ('' when unlabelled)."""
+        held = self.inspect(tag, f'index .Labels "{PLUGIN_LABEL}"') or ""
+        return "" if held == "<no value>" else held
+
     def install(self, tag: str, ref: str) -> dict:
         marker = self.layout.image_record(safe_name(tag))
-        found = self.inspect(tag, "Id") is not None
-        if marker.exists() and found:
+        source_hash = plugin_source_hash()
+        found = self.inspect(tag, ".Id") is not None
+        held = self.plugin_source(tag) if found else None
+        current = found and held == source_hash
+        if marker.exists() and current:
             console.print(f"  image {tag}: installed before, reused")
             return read_json(marker)
         log = self.layout.install_log(f"image-{safe_name(tag)}")
         pull = os.environ.get(PULL_ENV)
-        if found:
+        if found and not current:
+            console.print(
+                f"  image {tag}: holds plugin source {held[:12] if held else '(unlabelled)'}, "
+                f"this checkout has {source_hash[:12]}: stale, replacing it"
+            )
+        if current:
             console.print(f"  image {tag}: found by {self.launcher}, reused")
             how = "reused"
         elif pull:
@@ -145,6 +181,12 @@ class ImageInstaller:
             console.print(f"  image {tag}: pulling {source} (log {log})")
             run_logged([self.launcher, "pull", source], log, f"pulling {source}")
             run_logged([self.launcher, "tag", source, tag], log, f"tagging {source} as {tag}")
+            if (pulled := self.plugin_source(tag)) != source_hash:
+                raise StageFailed(
+                    f"{source} holds plugin source {pulled[:12] or '(unlabelled)'}, this "
+                    f"checkout has {source_hash[:12]}: push an image built from this checkout, "
+                    f"or unset {PULL_ENV} to build it here"
+                )
             how = f"pulled from {source}"
         else:
             info = self.layout.image_record(safe_name(tag), "build.json")
@@ -162,6 +204,8 @@ class ImageInstaller:
                     ref,
                     "--tag",
                     tag,
+                    "--label",
+                    f"{PLUGIN_LABEL}={source_hash}",
                     "--info",
                     str(info),
                 ],
@@ -176,6 +220,7 @@ class ImageInstaller:
         else:
             record = self.described(tag, how, log)
         record["vllm_ref"] = ref
+        record["plugin_source"] = source_hash
         atomic_write_json(marker, record)
         return record
 
