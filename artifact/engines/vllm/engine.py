@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from artifact.config.profiles import Mode, project_root
-from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.errors import ArtifactError, ServerRefused, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import RunLayout, UnitDir
 from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
@@ -59,6 +59,7 @@ from artifact.engines.vllm.provenance import (
     gpu_compute_capability,
     intrinsic_flags,
     parse_log,
+    startup_error,
 )
 
 ALL2ALL_BACKENDS = {
@@ -153,7 +154,15 @@ class VllmServer(Server):
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self.check_alive("start-up")
+            if not self.alive():
+                self.stop()  # removes a container the launcher may leave behind
+                text = self.log_path.read_text(encoding="utf-8", errors="replace")
+                reason = startup_error(text) or f"exit code {self.process.returncode}"
+                raise ServerRefused(
+                    f"the server died during start-up (exit code {self.process.returncode}): "
+                    f"{reason}; last lines of {self.log_path}:\n{log_tail(self.log_path)}",
+                    reason=reason,
+                )
             try:
                 status, _ = self._get(self.ready_path, timeout=2.0)
                 if status == 200:
