@@ -49,6 +49,7 @@ from artifact.core.records import (
     UnitRecord,
     UnitRun,
     read_record,
+    startup_failure,
     validate_record,
     write_record,
 )
@@ -61,7 +62,7 @@ from artifact.serving.request import ServerCapabilities
 from artifact.serving.result_file import result_to_vllm_json
 from artifact.serving.run import new_session, run_benchmark
 from artifact.stages.install import installed_model_dir
-from artifact.stages.serve import check_provenance, startup_failure
+from artifact.stages.serve import check_provenance
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,7 @@ import urllib.request
 from artifact.config.profiles import selected_experiments
 from artifact.core.console import console
 from artifact.core.errors import ServerRefused, StageFailed
-from artifact.core.io import atomic_write_json
-from artifact.core.records import Limits, ServeProvenance, write_record
+from artifact.core.records import Limits, ServeProvenance, StartupFailure, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.engines.base import ServerLimits, get_engine
 from artifact.stages.install import installed_model_dir
@@ -52,12 +51,6 @@ def smoke_completion(base_url: str, model: str) -> dict:
     )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read())
-
-
-def startup_failure(layout, mode: str) -> str | None:
-    """vLLM's own error when the serve stage saw this mode's server exit during start-up."""
-    path = layout.serve_mode(mode).startup_failure
-    return json.loads(path.read_text())["error"] if path.exists() else None
 
 
 def check_provenance(engine, mode: str, limits: ServerLimits, provenance: dict) -> None:
@@ -95,8 +88,10 @@ class ServeStage(Stage):
                 server = engine.start(mode, limits, out.server_log)
             except ServerRefused as exc:
                 seconds = round(time.perf_counter() - t0, 3)
-                failure = {"mode": mode, "error": exc.reason, "seconds": seconds}
-                atomic_write_json(out.startup_failure, failure | {"log": str(out.server_log)})
+                failure = StartupFailure(
+                    mode=mode, error=exc.reason, seconds=seconds, log=str(out.server_log)
+                )
+                write_record(out.startup_failure, failure)
                 console.print(f"  {mode}: exited during start-up after {seconds} s: {exc.reason}")
                 refused.append(mode)
                 continue
