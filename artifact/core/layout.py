@@ -54,6 +54,11 @@ class UnitDir:
         return self.path / "server.log"
 
     @property
+    def startup_failure(self) -> Path:
+        """`startup-failure.json`: a serve mode whose server exited during start-up."""
+        return self.path / "startup-failure.json"
+
+    @property
     def routing_control(self) -> Path:
         """The routing plugin's control file (vLLM engine), beside the server log."""
         return self.path / "routing-control.json"

@@ -214,6 +214,22 @@ class ServeProvenance(Provenance):
     limits: Limits
 
 
+class StartupFailure(Record):
+    """`serve/<mode>/startup-failure.json`: the mode's server died during start-up."""
+
+    stage = "serve"
+    mode: str
+    error: str  # what the server's log ended in (vLLM's own refusal or crash)
+    seconds: float
+    log: str
+
+
+def startup_failure(layout: Any, mode: str) -> str | None:
+    """The error the serve stage recorded for a mode whose server died in start-up, else None."""
+    path = layout.serve_mode(mode).startup_failure
+    return read_record(path, StartupFailure).error if path.exists() else None
+
+
 # --- bench: unit records -------------------------------------------------------------------
 
 

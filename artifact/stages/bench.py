@@ -49,6 +49,7 @@ from artifact.core.records import (
     UnitRecord,
     UnitRun,
     read_record,
+    startup_failure,
     validate_record,
     write_record,
 )
@@ -276,10 +277,16 @@ class BenchStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutcome:
         experiments = selected_experiments(ctx.profile)
-        units = plan_units(ctx, experiments)
-        if not units:
-            return StageOutcome(summary="no experiment enabled in the profile")
         layout = ctx.layout
+        units = plan_units(ctx, experiments)
+        refused = {u.mode: why for u in units if (why := startup_failure(layout, u.mode))}
+        units = [u for u in units if u.mode not in refused]
+        not_run = "".join(
+            f"; {mode} not run (its server died during start-up in serve: {why})"
+            for mode, why in refused.items()
+        )
+        if not units:
+            return StageOutcome(summary=f"no unit to run{not_run}")
         engine = get_engine(ctx.profile, installed_model_dir(ctx))
         replayer = None
         if ctx.profile.engine.kind == "transformers":
@@ -336,6 +343,7 @@ class BenchStage(Stage):
             summary=f"{', '.join(experiments)}: {len(units)} units ({len(todo)} run now, "
             f"{runs} measured runs{profiled}), routing checked against token totals"
             + (" and offline replay" if replayer is not None else "")
+            + not_run
         )
 
     @staticmethod

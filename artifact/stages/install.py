@@ -66,10 +66,14 @@ class InstallStage(Stage):
             hub, summary = install_hub(ctx.profile, ctx.layout)
             write_record(ctx.layout.model_record, ModelRecord.model_validate(hub))
             return StageOutcome(summary=summary)
-        from artifact.engines.transformers.seeded_model import build_model, fingerprint
+        from artifact.engines.transformers.seeded_model import (
+            FILES_FORMAT,
+            build_model,
+            fingerprint,
+        )
 
         device = ctx.profile.engine.device
-        keyed = spec.model_dump(mode="json")
+        keyed = spec.model_dump(mode="json") | {"files_format": FILES_FORMAT}
         if device != "cpu":  # weights drawn on a GPU differ from the CPU's for the same seed
             keyed["build_device"] = device
         key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,7 +5,10 @@ $MOE_ARTIFACT_EXPERIMENTS): start the server at the imbalance experiment's limit
 wait for health, send one short completion (so the batching manager exists), read the
 provenance back from the live engine, compare it with the profile and stop the server.
 Writes `serve/<mode>/provenance.json` and `serve/<mode>/server.log`. A contradiction between
-the profile and the provenance fails the stage and names each one.
+the profile and the provenance fails the stage and names each one. A server that exits during
+start-up (vLLM refusing a mode, or dying in its warm-up) is recorded instead, with the error
+its log ended in, in `serve/<mode>/startup-failure.json`; the stage goes on with the other
+modes, and the bench stage runs none of that mode's units.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import urllib.request
 
 from artifact.config.profiles import selected_experiments
 from artifact.core.console import console
-from artifact.core.errors import StageFailed
-from artifact.core.records import Limits, ServeProvenance, write_record
+from artifact.core.errors import ServerRefused, StageFailed
+from artifact.core.records import Limits, ServeProvenance, StartupFailure, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
 from artifact.engines.base import ServerLimits, get_engine
 from artifact.stages.install import installed_model_dir
@@ -74,12 +77,25 @@ class ServeStage(Stage):
         engine = get_engine(ctx.profile, installed_model_dir(ctx))
         limits = reference_limits(ctx.profile)
         modes = experiment_modes(ctx.profile, selected_experiments(ctx.profile))
+        refused = []
         for mode in modes:
             out = ctx.layout.serve_mode(mode)
-            if out.provenance.exists():
+            if out.provenance.exists() or out.startup_failure.exists():
+                refused += [mode] if out.startup_failure.exists() else []
                 continue  # finished unit of an interrupted run
             t0 = time.perf_counter()
-            with engine.start(mode, limits, out.server_log) as server:
+            try:
+                server = engine.start(mode, limits, out.server_log)
+            except ServerRefused as exc:
+                seconds = round(time.perf_counter() - t0, 3)
+                failure = StartupFailure(
+                    mode=mode, error=exc.reason, seconds=seconds, log=str(out.server_log)
+                )
+                write_record(out.startup_failure, failure)
+                console.print(f"  {mode}: exited during start-up after {seconds} s: {exc.reason}")
+                refused.append(mode)
+                continue
+            with server:
                 startup_s = time.perf_counter() - t0
                 reply = smoke_completion(server.base_url, server.model_id)
                 provenance = server.provenance()
@@ -99,7 +115,11 @@ class ServeStage(Stage):
             console.print(
                 f"  {mode}: healthy in {startup_s:.1f} s, runs {record.experts_implementation}"
             )
-        return StageOutcome(summary=f"{len(modes)} modes served and checked: {', '.join(modes)}")
+        served = [m for m in modes if m not in refused]
+        summary = f"{len(served)} modes served and checked: {', '.join(served) or 'none'}"
+        if refused:
+            summary += f"; exited during start-up: {', '.join(refused)}"
+        return StageOutcome(summary=summary)
 
 
 STAGE = ServeStage()

@@ -162,6 +162,32 @@ def test_validation_refuses_modes_that_cannot_do_what_they_say(tmp_path, patch, 
     assert "perlmutter.yaml" in str(info.value) and "modes.all2all-eplb" in str(info.value)
 
 
+def test_vllm_cpu_profile_runs_the_venv_vllm_with_cpu_variables(tmp_path):
+    eng = get_engine(load_profile("vllm-cpu"), Path("/models/tiny"))
+    assert isinstance(eng, VllmEngine)
+    venv_vllm = str(Path(__file__).resolve().parents[2] / ".nox" / "vllm-cpu" / "bin" / "vllm")
+    for name, mode in eng.profile.modes.items():
+        eng.validate_mode(name, mode)
+        argv = eng.command(mode, ServerLimits(8, 1024), 8000)
+        assert argv[:3] == [venv_vllm, "serve", "/models/tiny"]
+        assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv
+    env = eng.server_env(eng.profile.modes["baseline-tp2"], None)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    argv = eng.command(eng.profile.modes["all2all-eplb"], ServerLimits(8, 1024), 8000)
+    assert argv[argv.index("--data-parallel-size") + 1] == "2" and "--enable-eplb" in argv
+
+    raw = yaml.safe_load((profile_dir() / "vllm-cpu.yaml").read_text())
+    raw["engine"] |= {"launcher": "apptainer", "image": "x.sif"}
+    eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    with pytest.raises(ArtifactError, match="engine.venv is for launcher bare"):
+        eng.validate_mode("baseline-tp1", eng.profile.modes["baseline-tp1"])
+    raw["engine"] = {k: v for k, v in raw["engine"].items() if k not in ("launcher", "image")}
+    raw["engine"]["env"]["VLLM_NO_SUCH_KNOB"] = "1"
+    eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    with pytest.raises(ArtifactError, match="does not read"):
+        eng.validate_mode("baseline-tp1", eng.profile.modes["baseline-tp1"])
+
+
 def test_the_naive_backend_at_the_dev_build_and_its_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SCRATCH", "/s")
     raw = perlmutter_raw()

@@ -94,8 +94,12 @@ def scheduled(SchedulerOutput, reqs: dict[str, tuple[int, int, int]], total, log
     )
 
 
-def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path):
+@pytest.mark.parametrize("cpu_moe", [False, True])
+def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path, monkeypatch, cpu_moe):
+    """With `cpu_moe` the layer never calls select_experts (vLLM's CPU MoE): the capture takes
+    the layer's top-k of the router logits it received, with the same counts."""
     moe, Runner, SchedulerOutput, _, _ = modules()
+    monkeypatch.setattr(moe, "CPU_MOE", cpu_moe)
     layers = [moe.FusedMoE(f"model.layers.{i}.block_sparse_moe.experts") for i in range(LAYERS)]
     runner = Runner(layers)
     runner._dummy_run(4)  # start-up profiling run: binds the runner, finds the layers
@@ -117,7 +121,7 @@ def test_tensor_parallel_rank0_records_every_step_by_phase(vllm, tmp_path):
         # flushed per step: readable while the capture runs
         assert RoutingLog(f"{cap}.rank0").num_records > 0
     # the wrapped select_experts returns vLLM's tuple unchanged
-    assert len(layers[0].calls[-1]) == (3 if vllm.API == "0.11" else 2)
+    assert len(layers[0].calls[-1]) == (3 if vllm.API == "0.11" and not cpu_moe else 2)
     control(tmp_path, None, 2)
     log = RoutingLog(f"{cap}.rank0")
     h = log.header

@@ -219,3 +219,20 @@ def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatc
     assert (timed / "all2all-v011" / "unit.json").exists() and (
         timed / "all2all-eplb" / "unit.json"
     ).exists()
+
+
+def test_a_mode_whose_server_dies_in_start_up_is_recorded_and_not_benched(
+    pipeline, fake_vllm, monkeypatch
+):
+    ctx, _ = pipeline
+    raw = yaml.safe_load(fake_vllm.read_text())
+    raw["modes"]["all2all-eplb"]["env"]["FAKE_DIE"] = "1"
+    fake_vllm.write_text(yaml.safe_dump(raw))
+    ctx = StageContext(profile=load_profile(fake_vllm), run_dir=ctx.run_dir)
+    assert job(ctx, monkeypatch, "eplb_ablation") == ["complete"] * len(JOB_STAGES)
+    serve = ctx.run_dir.path / "serve" / "all2all-eplb"
+    failure = json.loads((serve / "startup-failure.json").read_text())
+    assert failure["error"] == "CUDA out of memory (fake)"
+    assert not (serve / "provenance.json").exists()
+    bench = ctx.run_dir.path / "bench" / "eplb_ablation"
+    assert (bench / "all2all" / "unit.json").exists() and not (bench / "all2all-eplb").exists()

@@ -33,6 +33,10 @@ TOKENIZER_CONFIG = {
 }
 
 
+# Part of the model cache's key: bumped when the files written for the same spec change.
+FILES_FORMAT = 2
+
+
 def build_tokenizer(target: Path, max_length: int) -> None:
     from transformers import AutoTokenizer
 
@@ -54,6 +58,13 @@ def build_tokenizer(target: Path, max_length: int) -> None:
                 path=tokenizer_path(),
             )
         tokenizer.save_pretrained(target)
+    # transformers 5 lists bos/eos again as `extra_special_tokens`; transformers 4 (vLLM 0.11's)
+    # wants a mapping there and refuses the folder. The tokens are named as bos/eos anyway.
+    saved = Path(target) / "tokenizer_config.json"
+    written = json.loads(saved.read_text())
+    if isinstance(written.get("extra_special_tokens"), list):
+        del written["extra_special_tokens"]
+        saved.write_text(json.dumps(written, indent=2) + "\n")
 
 
 def build_model(spec: ModelSpec, target: Path, device: str = "cpu") -> dict[str, str]:

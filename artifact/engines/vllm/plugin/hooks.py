@@ -281,14 +281,36 @@ class Recorder:
 
     # --- layers -----------------------------------------------------------------------------
     def enter_layer(self, layer: Any, local_tokens: int) -> Any:
-        previous = getattr(self.local, "layer", None)
-        self.local.layer = (layer, local_tokens)
+        local = self.local
+        previous = (getattr(local, "layer", None), getattr(local, "selected", False))
+        local.layer, local.selected = (layer, local_tokens), False
         return previous
 
     def exit_layer(self, previous: Any) -> None:
-        self.local.layer = previous
+        # A nested call (forward_impl -> forward_impl_chunked) that counted counts for both.
+        self.local.layer, self.local.selected = previous[0], previous[1] or self.local.selected
 
     def on_select(self, bound: inspect.BoundArguments, result: Any) -> None:
+        self.local.selected = True
+        args = bound.arguments
+        if args.get("enable_eplb"):
+            self._record(lambda: self._logical_ids(args, result[1]))
+        else:
+            self._record(lambda: result[1])
+
+    def on_router_logits(self, layer: Any, router_logits: Any) -> None:
+        """A MoE layer that ran without select_experts (vLLM's CPU MoE, IPEX, picks experts
+        itself): the layer's own top-k of what it received (softmax and renormalisation keep
+        the order of the logits)."""
+        if getattr(self.local, "selected", True) or router_logits is None:
+            return
+        import torch
+
+        self._record(lambda: torch.topk(router_logits, int(layer.top_k), dim=-1).indices)
+        self.local.selected = True
+
+    def _record(self, expert_ids: Any) -> None:
+        """Count this layer's expert ids (`expert_ids()`: computed only when capturing)."""
         local = self.local
         if getattr(local, "writer", None) is None or getattr(local, "layer", None) is None:
             return
@@ -299,10 +321,7 @@ class Recorder:
         if name not in self.layer_index:
             return
         index = self.layer_index[name]
-        ids = result[1]
-        args = bound.arguments
-        if args.get("enable_eplb"):
-            ids = self._logical_ids(args, ids)
+        ids = expert_ids()
         total = int(ids.shape[0])
         if total > local_tokens:  # the gathered global batch: keep this rank's slice
             offset = self._dp_offset(total)
@@ -513,6 +532,10 @@ def _wrap_layer(method):
         try:
             return method(self, hidden_states, *args, **kwargs)
         finally:
+            try:
+                rec.on_router_logits(self, args[0] if args else kwargs.get("router_logits"))
+            except Exception as exc:  # recording must never break serving
+                rec._warn(f"router-logits capture failed: {exc!r}")
             rec.exit_layer(previous)
 
     return wrapper
