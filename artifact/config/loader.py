@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from artifact.core.errors import ArtifactError
+from artifact.core.errors import ArtifactError, explain, more_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,35 +47,19 @@ def validate(
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        message = explain(dict(err))
+        _, message = explain(err)
         if err["type"] == "extra_forbidden":
+            message += " (check its spelling and the profile reference in README.md)"
             allowed = allowed_fields(model, loc)
             if allowed:
                 message += f"; allowed here: {', '.join(allowed)}"
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        message += more_errors(exc.errors())
         place = where(loc) if where else f"field '{field_path(loc)}'"
         raise ArtifactError(message, path=path, where=place) from None
 
 
 def field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def explain(err: dict) -> str:
-    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown field (check its spelling and the profile reference in README.md)"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "literal_error" and "expected" in ctx:
-        return f"got {err.get('input')!r}; allowed: {ctx['expected']}"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if "input" in err and kind not in ("value_error", "assertion_error"):
-        return f"{msg} (got {err['input']!r})"
-    return msg
 
 
 def allowed_fields(model: type[BaseModel], loc: tuple) -> list[str] | None:

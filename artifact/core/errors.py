@@ -6,7 +6,9 @@ anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class ArtifactError(Exception):
@@ -34,3 +36,37 @@ class ServerRefused(StageFailed):
     def __init__(self, message: str, *, reason: str):
         super().__init__(message)
         self.reason = reason
+
+
+class FieldProblem(ValueError):
+    """Raised by a model-level validator to blame one field (pydantic's loc is empty there)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def explain(err: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(field path, what is wrong) of one pydantic validation error, for one line."""
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    field = ".".join(str(p) for p in err["loc"]) or None
+    cause = ctx.get("error")
+    if isinstance(cause, FieldProblem):
+        field, msg = cause.field, cause.message
+    elif kind == "extra_forbidden":
+        msg = "unknown field"
+    elif kind == "missing":
+        msg = "required field is missing"
+    elif kind == "literal_error" and "expected" in ctx:
+        msg = f"got {err.get('input')!r}; allowed: {ctx['expected']}"
+    elif kind == "value_error":
+        msg = str(cause) if cause is not None else msg.removeprefix("Value error, ")
+    elif "input" in err and kind != "assertion_error":
+        msg = f"{msg} (got {err['input']!r})"
+    return field, msg
+
+
+def more_errors(errors: Sequence[object]) -> str:
+    """` (and N more errors)` when a validation found more than the one explained."""
+    more = len(errors) - 1
+    return f" (and {more} more error{'s' if more > 1 else ''})" if more else ""

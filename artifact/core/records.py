@@ -22,40 +22,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from artifact.core.errors import ArtifactError
+from artifact.core.errors import ArtifactError, FieldProblem, explain, more_errors
 from artifact.core.io import atomic_write_json, read_json
-
-
-class FieldProblem(ValueError):
-    """Raised by a model-level validator to blame one field (pydantic's loc is empty there)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
-def explain(exc: ValidationError) -> tuple[str | None, str]:
-    """(field path, what is wrong) of a validation error's first problem, for one line."""
-    err = exc.errors()[0]
-    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
-    field = ".".join(str(p) for p in err["loc"]) or None
-    cause = ctx.get("error")
-    if isinstance(cause, FieldProblem):
-        field, msg = cause.field, cause.message
-    elif kind == "extra_forbidden":
-        msg = "unknown field"
-    elif kind == "missing":
-        msg = "required field is missing"
-    elif kind == "literal_error" and "expected" in ctx:
-        msg = f"got {err.get('input')!r}; allowed: {ctx['expected']}"
-    elif kind == "value_error":
-        msg = str(cause) if cause is not None else msg.removeprefix("Value error, ")
-    elif "input" in err and kind != "assertion_error":
-        msg = f"{msg} (got {err['input']!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (and {more} more error{'s' if more > 1 else ''})"
-    return field, msg
 
 
 class Record(BaseModel):
@@ -80,9 +48,11 @@ def validate_record(data: Any, model: type[R], path: str | Path, hint: str | Non
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        field, message = explain(exc)
+        field, message = explain(exc.errors()[0])
         raise ArtifactError(
-            message + _rerun(model, hint), path=path, where=f"field '{field}'" if field else None
+            message + more_errors(exc.errors()) + _rerun(model, hint),
+            path=path,
+            where=f"field '{field}'" if field else None,
         ) from None
 
 

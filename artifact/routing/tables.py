@@ -14,8 +14,7 @@ from typing import IO
 import numpy as np
 
 from artifact.core.io import atomic_open
-from artifact.core.tables import csv_text
-from artifact.core.tables import write_table as write_columns
+from artifact.core.tables import csv_text, write_table
 from artifact.routing.aggregate import RunImbalance
 from artifact.routing.format import PHASES
 from artifact.routing.measures import METRICS
@@ -79,11 +78,6 @@ PER_STEP_COLUMNS = (
 )
 
 
-def write_table(out_dir: str | Path, name: str, rows: list[dict]) -> list[Path]:
-    """`<name>.csv` and `<name>.json` in out_dir (atomically); columns from COLUMNS[name]."""
-    return write_columns(out_dir, name, rows, COLUMNS[name])
-
-
 def write_run_tables(
     out_dir: str | Path, results: Sequence[RunImbalance], skipped: Sequence[Skipped] = ()
 ) -> list[Path]:
@@ -101,7 +95,7 @@ def write_run_tables(
     }
     written = []
     for name, rows in tables.items():
-        written += write_table(out_dir, name, rows)
+        written += write_table(out_dir, name, rows, COLUMNS[name])
     return written
 
 
