@@ -4,10 +4,10 @@
     python containers/vllm_surface.py write surface-*.json            (regenerates the table)
     python containers/vllm_surface.py check                           (installed vLLM vs table)
 
-`dump` builds vLLM's own `vllm serve` argument parser (no GPU needed: the CPU platform is
-forced, nothing is started) and lists its long options and the environment variables in
-`vllm.envs`. `write` turns dumps into `artifact/engines/vllm/cli_surface.json` (package data
-the vLLM engine reads); a build with no wheel of its own (2f13319f) is given as
+`dump` is artifact.engines.vllm.surface.dump: vLLM's own `vllm serve` argument parser (no GPU
+needed: the CPU platform is forced, nothing is started), its long options and the environment
+variables in `vllm.envs`. `write` turns dumps into `artifact/engines/vllm/cli_surface.json`
+(package data the vLLM engine reads); a build with no wheel of its own (2f13319f) is given as
 `--bracket NAME=OLDER,NEWER`: a flag counts as present there when both neighbouring releases
 have it. `check` compares the installed vLLM with the
 table (used by `nox -s vllm-check` on a machine that can install the pinned vLLM).
@@ -22,32 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "artifact" / "engines" / "vllm" / "cli_surface.json"
+sys.path.insert(0, str(ROOT))
 
-
-def dump() -> dict:
-    import vllm
-    import vllm.platforms as platforms
-
-    try:
-        from vllm.platforms.cpu import CpuPlatform
-
-        platforms._current_platform = CpuPlatform()  # parser defaults need a device type
-    except ImportError:  # pragma: no cover - very old vLLM
-        pass
-    import vllm.envs as envs
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
-
-    try:
-        from vllm.utils import FlexibleArgumentParser
-    except ImportError:  # moved in later releases
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
-    flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")})
-    return {
-        "version": vllm.__version__,
-        "flags": flags,
-        "env": sorted(envs.environment_variables),
-    }
+from artifact.engines.vllm.surface import cli_surface, dump  # noqa: E402
 
 
 def render(surfaces: dict[str, dict], brackets: dict[str, tuple[str, str]], sources: str) -> str:
@@ -96,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         TABLE.write_text(render(surfaces, brackets, args.sources))
         print(f"wrote {TABLE}")
         return 0
-    sys.path.insert(0, str(ROOT))
-    from artifact.engines.vllm.engine import cli_surface
-
     live = dump()
-    want = cli_surface().flags[args.build]
+    want = cli_surface().builds[args.build].flags
     missing = sorted(want - set(live["flags"]))
     print(f"vLLM {live['version']}: {len(live['flags'])} flags; table {args.build}: {len(want)}")
     if missing:

@@ -113,6 +113,11 @@ class RunLayout:
     def images_record(self) -> Path:
         return self.stage("install") / "images.json"
 
+    @property
+    def vllm_surface(self) -> Path:
+        """`install/vllm-surface.json`: flags and variables read from the installed vLLM."""
+        return self.stage("install") / "vllm-surface.json"
+
     def image_record(self, name: str, suffix: str = "json") -> Path:
         """`install/images/<name>.<suffix>`: one built image (`.build.json`: the build's info)."""
         return self.stage("install") / "images" / f"{name}.{suffix}"

@@ -116,6 +116,17 @@ class ModelRecord(Record):
     model_dir: str
 
 
+class VllmSurfaceRecord(Record):
+    """`install/vllm-surface.json`: what the launcher-bare vLLM accepts, read from its own
+    argument parser (artifact.engines.vllm.surface) by the interpreter named here."""
+
+    stage = "install"
+    python: str
+    version: str
+    flags: list[str]
+    env: list[str]
+
+
 # --- datasets --------------------------------------------------------------------------------
 
 Number = int | float  # kept as written: an int field must not come back as 1.0

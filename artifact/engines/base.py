@@ -21,6 +21,7 @@ from pathlib import Path
 
 from artifact.config.profiles import Mode, Profile
 from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -199,15 +200,23 @@ class Engine:
         return server
 
 
-def get_engine(profile: Profile, model_dir: Path) -> Engine:
+def get_engine(profile: Profile, model_dir: Path, layout: RunLayout | None = None) -> Engine:
+    """The profile's engine; with the run's layout, a vLLM engine checks modes against the
+    surface `moe-artifact install` read from the installed vLLM (when there is one)."""
     if profile.engine.kind == "transformers":
         from artifact.engines.transformers.engine import TransformersEngine
 
         return TransformersEngine(profile, model_dir)
     if profile.engine.kind == "vllm":
+        from artifact.core.records import VllmSurfaceRecord, read_record
         from artifact.engines.vllm.engine import VllmEngine
+        from artifact.engines.vllm.surface import from_dump
 
-        return VllmEngine(profile, model_dir)
+        installed = None
+        if layout is not None and layout.vllm_surface.is_file():
+            record = read_record(layout.vllm_surface, VllmSurfaceRecord)
+            installed = from_dump(record.model_dump())
+        return VllmEngine(profile, model_dir, installed)
     raise ArtifactError(
         f"engine '{profile.engine.kind}' cannot be started by this build yet",
         path=profile.path,

@@ -22,8 +22,10 @@ Per measured run: `run.repNN.json` (vLLM result schema, see artifact.serving.cli
 Two checks per run, both fatal when they fail, since they mean the capture is wrong:
 every layer's counts sum to top_k x the tokens the engine processed (prompt tokens plus
 generated tokens fed back, from the server's usage), and the prompt-token counts equal an
-offline replay of the same prompts on the same model (engines that can replay; up to the
-profile's `engine.replay_tolerance`, the share of assignments that may move, for bf16 on a GPU).
+offline replay of the same prompts on the same model (a seeded model served on this host,
+by either engine: vLLM's capture is compared with transformers' reference MoE loop; up to the
+profile's `engine.replay_tolerance`, the share of assignments that may move where kernels
+round differently).
 """
 
 from __future__ import annotations
@@ -54,14 +56,14 @@ from artifact.core.records import (
     write_record,
 )
 from artifact.core.runner import Stage, StageContext, StageOutcome
-from artifact.engines.base import ServerLimits, get_engine, log_tail
+from artifact.engines.base import ServerLimits, log_tail
 from artifact.routing.format import layer_totals
 from artifact.serving.config import BenchConfig, load_prompts
 from artifact.serving.probe import probe_server
 from artifact.serving.request import ServerCapabilities
 from artifact.serving.result_file import result_to_vllm_json
 from artifact.serving.run import new_session, run_benchmark
-from artifact.stages.install import installed_model_dir
+from artifact.stages.install import installed_engine
 from artifact.stages.serve import check_provenance
 
 
@@ -287,9 +289,11 @@ class BenchStage(Stage):
         )
         if not units:
             return StageOutcome(summary=f"no unit to run{not_run}")
-        engine = get_engine(ctx.profile, installed_model_dir(ctx))
+        engine = installed_engine(ctx)
         replayer = None
-        if ctx.profile.engine.kind == "transformers":
+        # A seeded model served on this host (not in a container) is a folder this process's
+        # transformers can load: replay it whatever engine serves it.
+        if ctx.profile.model.source == "seeded" and ctx.profile.engine.launcher == "bare":
             replayer = Replayer(
                 engine.model_dir, layout.replay_cache, ctx.profile.engine, ctx.profile.model.dtype
             )
@@ -473,8 +477,8 @@ class BenchStage(Stage):
             totals = check_routing_totals(routing, data, provenance.top_k)
             replay_ok, mismatch = None, None
             if replayer is not None:
-                implementation = provenance.experts_implementation
-                assert implementation is not None  # the transformers engine reports it
+                # vLLM runs its own MoE kernel: replayed by transformers' reference loop
+                implementation = provenance.experts_implementation or "eager"
                 expected = replayer.prompt_counts(
                     implementation,
                     unit.prompts_file,

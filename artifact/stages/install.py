@@ -21,8 +21,10 @@ from pathlib import Path
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json
-from artifact.core.records import ModelRecord, read_record, write_record
+from artifact.core.records import ModelRecord, VllmSurfaceRecord, read_record, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.engines.base import Engine, get_engine
+from artifact.engines.vllm.surface import read_dump
 
 CACHE_ENV = "MOE_ARTIFACT_CACHE"
 
@@ -43,6 +45,48 @@ def installed_model_dir(ctx: StageContext) -> Path:
     return path
 
 
+def installed_engine(ctx: StageContext) -> Engine:
+    """The profile's engine on the installed model (and the installed vLLM's surface)."""
+    return get_engine(ctx.profile, installed_model_dir(ctx), ctx.layout)
+
+
+def vllm_python(ctx: StageContext) -> Path:
+    """The interpreter of the profile's own vLLM venv (engine.venv)."""
+    from artifact.engines.vllm.engine import VllmEngine
+
+    python = Path(VllmEngine(ctx.profile, Path()).vllm_executable()).with_name("python")
+    if not python.exists():
+        raise ArtifactError(
+            f"{python} not found: build the venv first (`nox -s vllm-env`)",
+            path=ctx.profile.path,
+            where="field 'engine.venv'",
+        )
+    return python
+
+
+def install_vllm_surface(ctx: StageContext) -> str:
+    """Read `vllm serve`'s flags and VLLM_* variables from the installed vLLM itself."""
+    python = vllm_python(ctx)
+    try:
+        data = read_dump(python)
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"cannot read the installed vLLM's command line: {exc}",
+            path=ctx.profile.path,
+            where="field 'engine.venv'",
+        ) from None
+    want = ctx.profile.engine.vllm_ref
+    if want and not data["version"].startswith(want.lstrip("v")):
+        raise ArtifactError(
+            f"the vLLM of {python} is {data['version']}, the profile asks for {want}: "
+            "rebuild it (`nox -s vllm-env`) or fix the ref",
+            path=ctx.profile.path,
+            where="field 'engine.vllm_ref'",
+        )
+    write_record(ctx.layout.vllm_surface, VllmSurfaceRecord(python=str(python), **data))
+    return f"vLLM {data['version']} ({len(data['flags'])} serve flags, read from {python})"
+
+
 class InstallStage(Stage):
     name = "install"
     # modes: a mode may name its own image and vLLM build
@@ -52,7 +96,11 @@ class InstallStage(Stage):
         """Images hold the vLLM plugin: a change of its source redoes the install, which
         rebuilds the images labelled with other plugin source."""
         engine = ctx.profile.engine
-        if ctx.profile.model.source != "hub" or engine.kind != "vllm" or engine.launcher == "bare":
+        if engine.kind == "vllm" and engine.venv:
+            # a rebuilt venv (nox -s vllm-env rewrites its stamp) is read again
+            stamp = vllm_python(ctx).parent.parent / ".installed"
+            return {"vllm_venv": stamp.read_text() if stamp.is_file() else str(stamp.parent)}
+        if ctx.profile.model.source != "hub" or engine.kind != "vllm":
             return {}
         from artifact.engines.vllm.hpc_install import plugin_source_hash
 
@@ -65,6 +113,8 @@ class InstallStage(Stage):
 
             hub, summary = install_hub(ctx.profile, ctx.layout)
             write_record(ctx.layout.model_record, ModelRecord.model_validate(hub))
+            if ctx.profile.engine.kind == "vllm" and ctx.profile.engine.venv:
+                summary += "; " + install_vllm_surface(ctx)
             return StageOutcome(summary=summary)
         from artifact.engines.transformers.seeded_model import (
             FILES_FORMAT,
@@ -101,10 +151,14 @@ class InstallStage(Stage):
             }
         )
         write_record(ctx.layout.model_record, record)
+        surface = ""
+        if ctx.profile.engine.kind == "vllm" and ctx.profile.engine.venv:
+            surface = "; " + install_vllm_surface(ctx)
         size_mb = sum((target / f).stat().st_size for f in files) / 2**20
         how = "reused from cache" if reused else "built"
         return StageOutcome(
             summary=f"model {spec.name} (seed {spec.seed}, {size_mb:.0f} MB) {how} at {target}"
+            + surface
         )
 
 

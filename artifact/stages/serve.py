@@ -23,8 +23,8 @@ from artifact.core.console import console
 from artifact.core.errors import ServerRefused, StageFailed
 from artifact.core.records import Limits, ServeProvenance, StartupFailure, write_record
 from artifact.core.runner import Stage, StageContext, StageOutcome
-from artifact.engines.base import ServerLimits, get_engine
-from artifact.stages.install import installed_model_dir
+from artifact.engines.base import ServerLimits
+from artifact.stages.install import installed_engine
 
 
 def experiment_modes(profile, experiments: list[str]) -> list[str]:
@@ -74,7 +74,7 @@ class ServeStage(Stage):
             shutil.rmtree(ctx.layout.serve_mode(mode).path, ignore_errors=True)
 
     def run(self, ctx: StageContext) -> StageOutcome:
-        engine = get_engine(ctx.profile, installed_model_dir(ctx))
+        engine = installed_engine(ctx)
         limits = reference_limits(ctx.profile)
         modes = experiment_modes(ctx.profile, selected_experiments(ctx.profile))
         refused = []
@@ -112,14 +112,31 @@ class ServeStage(Stage):
                 }
             )
             write_record(out.provenance, record)
-            console.print(
-                f"  {mode}: healthy in {startup_s:.1f} s, runs {record.experts_implementation}"
-            )
+            console.print(f"  {mode}: healthy in {startup_s:.1f} s, {what_runs(provenance)}")
         served = [m for m in modes if m not in refused]
         summary = f"{len(served)} modes served and checked: {', '.join(served) or 'none'}"
         if refused:
             summary += f"; exited during start-up: {', '.join(refused)}"
         return StageOutcome(summary=summary)
+
+
+def what_runs(provenance: dict) -> str:
+    """One line on what the live server said it runs (its own provenance keys)."""
+    if provenance.get("experts_implementation"):
+        return f"experts implementation {provenance['experts_implementation']}"
+    sizes = [
+        f"{name} {provenance[key]}"
+        for name, key in (
+            ("TP", "tensor_parallel_size"),
+            ("DP", "data_parallel_size"),
+            ("EP", "expert_parallel_size"),
+        )
+        if provenance.get(key)
+    ]
+    versions = provenance.get("versions") or {}
+    engine = f"{provenance.get('engine', '?')} {versions.get(provenance.get('engine'), '')}"
+    plugin = provenance.get("routing_plugin")
+    return ", ".join([engine.strip(), *sizes] + ([f"routing plugin {plugin}"] if plugin else []))
 
 
 STAGE = ServeStage()

@@ -35,7 +35,10 @@ def test_the_error_a_start_up_ended_in(log, error):
     prov = parse_log(LOGS / log)
     assert prov.vllm_version == "0.11.0.post2"
     assert prov.ready is (error is None)
-    assert (startup_flag(prov) is None) is (error is None)
+    flag = startup_flag(prov)
+    assert (flag is None) is (error is None)
+    if error is not None:  # the error itself, not a traceback's "File ..." line
+        assert flag.endswith(f"error: {error}") and prov.startup_error == error
 
 
 def test_a_server_that_exits_in_start_up_is_refused_with_its_own_error(tmp_path):

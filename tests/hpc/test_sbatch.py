@@ -17,7 +17,8 @@ import pytest
 from artifact.config.profiles import load_profile
 from artifact.core.runner import PIPELINE
 from artifact.engines.base import ServerLimits, get_engine
-from artifact.engines.vllm.engine import cli_surface, flag_names, surface_key
+from artifact.engines.vllm.engine import flag_names
+from artifact.engines.vllm.surface import cli_surface
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "reproduce" / "perlmutter"
@@ -108,16 +109,17 @@ def test_every_server_the_jobs_start_uses_flags_of_its_pinned_vllm(monkeypatch):
         for mode_name in modes:
             mode = profile.modes[mode_name]
             engine.validate_mode(mode_name, mode)
-            key = surface_key(engine.mode_ref(mode))
+            key = cli_surface().key(engine.mode_ref(mode))
             for lim in limits:
                 argv = engine.command(mode, lim, 8000, log_path=Path("/runs/x/server.log"))
                 inner = argv[argv.index("vllm") :]
-                assert [f for f in flag_names(inner) if f not in cli_surface().flags[key]] == []
+                flags = cli_surface().builds[key].flags
+                assert [f for f in flag_names(inner) if f not in flags] == []
     ablation = profile.experiments.eplb_ablation
     assert ablation is not None
     for mode_name in ablation.modes:  # both arms on one build
-        assert surface_key(engine.mode_ref(profile.modes[mode_name])) == "0.11.0"
-    assert surface_key(engine.mode_ref(profile.modes["all2all"])) == "2f13319f"
+        assert cli_surface().key(engine.mode_ref(profile.modes[mode_name])) == "0.11.0"
+    assert cli_surface().key(engine.mode_ref(profile.modes["all2all"])) == "2f13319f"
 
 
 def test_submit_dry_run_with_a_stand_in_sbatch(tmp_path):

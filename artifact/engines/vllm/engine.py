@@ -33,7 +33,6 @@ moe-routing log, merged into the requested file when the capture stops.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -44,7 +43,7 @@ import urllib.error
 import urllib.request
 from dataclasses import fields
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from artifact.config.profiles import Mode, project_root
 from artifact.core.errors import ArtifactError, ServerRefused, StageFailed
@@ -62,6 +61,7 @@ from artifact.engines.vllm.provenance import (
     parse_log,
     startup_error,
 )
+from artifact.engines.vllm.surface import BuildSurface, cli_surface
 
 ALL2ALL_BACKENDS = {
     "2f13319f": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
@@ -86,59 +86,6 @@ JIT_CACHE_ENV = {
     "FLASHINFER_WORKSPACE_BASE": "flashinfer",
 }
 LAUNCH_PREFIX = "moe-artifact launch: "
-
-
-class CliSurface(NamedTuple):
-    """`vllm serve` flags, VLLM_* variables and the version, per known vLLM build."""
-
-    flags: dict[str, frozenset[str]]
-    env: dict[str, frozenset[str]]
-    versions: dict[str, str]
-
-
-def read_cli_surface(path: Path) -> CliSurface:
-    """A table containers/vllm_surface.py wrote; a build with no wheel of its own has what
-    both of its neighbouring releases have."""
-    table = json.loads(path.read_text(encoding="utf-8"))
-    surface = CliSurface({}, {}, {})
-    for name, build in table["builds"].items():
-        surface.flags[name] = frozenset(build["flags"])
-        surface.env[name] = frozenset(build["env"])
-        surface.versions[name] = build["version"]
-    for name, (older, newer) in table["brackets"].items():
-        surface.flags[name] = surface.flags[older] & surface.flags[newer]
-        surface.env[name] = surface.env[older] & surface.env[newer]
-        surface.versions[name] = f"between {older} and {newer}"
-    return surface
-
-
-@functools.cache
-def cli_surface() -> CliSurface:
-    """The builds this artifact knows (cli_surface.json, package data), read on first use."""
-    return read_cli_surface(Path(__file__).with_name("cli_surface.json"))
-
-
-def surface_key(ref: str | None) -> str | None:
-    """The cli_surface table a vLLM ref is checked against (None: unknown build)."""
-    if not ref:
-        return None
-    ref = ref.strip()
-    flags = cli_surface().flags
-    for key in flags:
-        if re.fullmatch(r"[0-9a-f]{7,40}", key) and key.startswith(ref[:8]):
-            return key
-        if re.fullmatch(r"[0-9a-f]{7,40}", ref) and ref.startswith(key):
-            return key
-    bare = ref.lstrip("v")
-    return bare if bare in flags else None
-
-
-def is_at_least_0110(key: str | None) -> bool:
-    return (
-        key is not None
-        and not re.fullmatch(r"[0-9a-f]{7,40}", key)
-        and (tuple(int(x) for x in key.split(".")[:3]) >= (0, 11, 0))
-    )
 
 
 def flag_names(args: list[str]) -> list[str]:
@@ -227,7 +174,11 @@ class VllmServer(Server):
             time.sleep(0.1)
 
     def stop_routing(self, timeout_s: float = 60.0) -> dict:
-        from artifact.engines.vllm.plugin.merge import merge_rank_logs, rank_log_paths
+        from artifact.engines.vllm.plugin.merge import (
+            merge_rank_logs,
+            missing_routing,
+            rank_log_paths,
+        )
 
         path = self._routing
         if path is None:
@@ -249,7 +200,10 @@ class VllmServer(Server):
                 f"{timeout_s:.0f} s (is the moe-artifact vLLM plugin installed in the image "
                 "and the server run with --enforce-eager?)"
             )
-        return merge_rank_logs(path, done)
+        stats = merge_rank_logs(path, done)
+        if problem := missing_routing(stats["per_rank"]):
+            raise StageFailed(f"{path}: {problem}")
+        return stats
 
     def stop(self, grace_s: float | None = None) -> int:
         if grace_s is None:  # nsys writes its report after the server exits
@@ -270,6 +224,18 @@ class VllmServer(Server):
 
 class VllmEngine(Engine):
     kind = "vllm"
+
+    def __init__(self, profile, model_dir: Path, installed: BuildSurface | None = None):
+        super().__init__(profile, model_dir)
+        # The surface `moe-artifact install` read from the launcher-bare vLLM itself.
+        self.installed = installed
+
+    def surface(self, mode: Mode) -> BuildSurface | None:
+        """What the mode's build accepts: read from the profile's vLLM venv by `install`, else
+        the packaged table's entry (builds in images, or the `vllm` on PATH)."""
+        if self.profile.engine.venv and self.installed is not None:
+            return self.installed
+        return cli_surface().build(self.mode_ref(mode))
 
     # --- what a mode is -------------------------------------------------------------------
     def mode_ref(self, mode: Mode) -> str | None:
@@ -302,13 +268,25 @@ class VllmEngine(Engine):
 
         if mode.experts_implementation:
             fail("experts_implementation is a transformers knob; vLLM modes choose TP/DP/EP")
+        if self.profile.engine.venv and self.profile.engine.launcher != "bare":
+            fail("engine.venv is for launcher bare (a container brings its own vLLM)")
         ref = self.mode_ref(mode)
-        key = surface_key(ref)
-        if key is None:
+        build = self.surface(mode)
+        if build is None:
             fail(
                 f"vLLM build {ref!r} is not one this artifact knows the flags of "
-                f"({', '.join(sorted(cli_surface().flags))}); set engine.vllm_ref or the "
-                "mode's vllm_ref"
+                f"({', '.join(sorted(cli_surface().builds))}); set engine.vllm_ref or the "
+                "mode's vllm_ref (an engine.venv's vLLM is read by `moe-artifact install`)"
+            )
+        if (
+            self.installed is not None
+            and ref
+            and not self.installed.version.startswith(ref.lstrip("v"))
+        ):
+            fail(
+                f"the installed vLLM is {self.installed.version}, the profile asks for {ref}: "
+                "rebuild the venv (`nox -s vllm-env`) or fix vllm_ref, then "
+                "`moe-artifact install --force`"
             )
         gpus = self.profile.hardware.gpus
         used = mode.tensor_parallel_size * mode.data_parallel_size
@@ -321,7 +299,7 @@ class VllmEngine(Engine):
             fail("enable_eplb needs enable_expert_parallel (vLLM refuses EPLB without EP)")
         if mode.eplb is not None and not mode.enable_eplb:
             fail("eplb settings given but enable_eplb is false")
-        if mode.enable_eplb and "mixtral" in self.model_name.lower() and not is_at_least_0110(key):
+        if mode.enable_eplb and "mixtral" in self.model_name.lower() and not build.at_least_0110:
             fail(
                 f"vLLM {ref} has no EPLB support for Mixtral (it arrived by 0.11.0): "
                 "--enable-eplb would be accepted and do nothing; give this mode vllm_ref "
@@ -333,7 +311,7 @@ class VllmEngine(Engine):
                     "all2all_backend needs enable_expert_parallel and data_parallel_size > 1 "
                     "(vLLM creates no all2all manager otherwise)"
                 )
-            choices = ALL2ALL_BACKENDS["0.11.0" if is_at_least_0110(key) else "2f13319f"]
+            choices = ALL2ALL_BACKENDS["0.11.0" if build.at_least_0110 else "2f13319f"]
             if mode.all2all_backend not in choices:
                 fail(
                     f"all2all_backend {mode.all2all_backend!r} does not exist in vLLM {ref}; "
@@ -342,7 +320,7 @@ class VllmEngine(Engine):
         if mode.moe_kernel == FLASHINFER:
             cc = gpu_compute_capability(self.profile.hardware.gpu_model)
             reasons = []
-            if not is_at_least_0110(key):
+            if not build.at_least_0110:
                 reasons.append(f"vLLM {ref} has no bf16 FlashInfer CUTLASS MoE")
             if mode.data_parallel_size > 1:
                 reasons.append("it is unavailable with data_parallel_size > 1")
@@ -352,22 +330,19 @@ class VllmEngine(Engine):
                 reasons.append(f"{self.profile.hardware.gpu_model} has compute capability {cc}")
             if reasons:
                 fail("moe_kernel flashinfer_cutlass_moe cannot run: " + "; ".join(reasons))
-        unknown = [f for f in flag_names(mode.extra_args) if f not in cli_surface().flags[key]]
+        unknown = [f for f in flag_names(mode.extra_args) if f not in build.flags]
         if unknown:
             fail(f"extra_args name flags that `vllm serve` of {ref} does not have: {unknown}")
         env = {**self.profile.engine.env, **mode.env}
-        bogus = [n for n in env if n.startswith("VLLM_") and n not in cli_surface().env[key]]
+        bogus = [n for n in env if n.startswith("VLLM_") and n not in build.env]
         if bogus:
             fail(f"env sets variables that vLLM {ref} does not read: {bogus}")
         if self.profile.engine.launcher != "bare" and not self.mode_image(mode):
             fail(f"launcher {self.profile.engine.launcher} needs engine.image or the mode's image")
-        if self.profile.engine.venv and self.profile.engine.launcher != "bare":
-            fail("engine.venv is for launcher bare (a container brings its own vLLM)")
 
     # --- the command ----------------------------------------------------------------------
     def serve_args(self, mode: Mode, limits: ServerLimits, port: int) -> list[str]:
         """`vllm serve ...` for a mode at some limits (checked against the build's flags)."""
-        key = surface_key(self.mode_ref(mode))
         model = self.profile.model
         args = [
             self.vllm_executable(),
@@ -398,7 +373,7 @@ class VllmEngine(Engine):
             args.append("--enable-expert-parallel")
         if mode.enable_eplb:
             args.append("--enable-eplb")
-            args += self.eplb_args(mode, key)
+            args += self.eplb_args(mode, self.surface(mode))
         args += list(mode.extra_args)
         return args
 
@@ -410,11 +385,11 @@ class VllmEngine(Engine):
         path = Path(self.expand(venv, "engine.venv"))
         return str((path if path.is_absolute() else project_root() / path) / "bin" / "vllm")
 
-    def eplb_args(self, mode: Mode, key: str | None) -> list[str]:
+    def eplb_args(self, mode: Mode, build: BuildSurface | None) -> list[str]:
         eplb = mode.eplb
         if eplb is None:
             return []
-        if key is not None and "--eplb-config" in cli_surface().flags[key]:
+        if build is not None and "--eplb-config" in build.flags:
             config = {
                 name: value
                 for name, value in (

@@ -218,6 +218,8 @@ class LogProvenance:
     # "active" / "not installed": what artifact.engines.vllm.plugin said in this log
     routing_plugin: str | None = None
     errors: list[str] = field(default_factory=list)
+    # a log that never reached start-up: the error it ended in (startup_error)
+    startup_error: str | None = None
     launch: dict[str, Any] | None = None
     processes: dict[str, int] = field(default_factory=dict)
 
@@ -452,6 +454,8 @@ def parse_log_text(text: str, log: str = "<text>") -> LogProvenance:
     prov.max_num_seqs = _int(args.get("max_num_seqs"))
     prov.max_num_batched_tokens = _int(args.get("max_num_batched_tokens"))
     prov.processes = dict(processes)
+    if not prov.ready and prov.errors:
+        prov.startup_error = startup_error(text)
     return prov
 
 
@@ -686,8 +690,7 @@ def startup_flag(prov: LogProvenance) -> str | None:
         return None
     if not prov.errors:
         return NOT_STARTED
-    ended = [e for e in prov.errors if RE_EXCEPTION.match(split_process_tag(e)[1])]
-    return f"{NOT_STARTED}; error: {(ended or prov.errors)[0][:200]}"
+    return f"{NOT_STARTED}; error: {(prov.startup_error or prov.errors[0])[:200]}"
 
 
 def _moe_config_text(prov: LogProvenance) -> str:

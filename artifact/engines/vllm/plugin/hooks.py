@@ -66,6 +66,9 @@ class Recorder:
         self.steps_written = 0
         self.tokens = {"prefill": 0, "decode": 0, "unknown": 0}
         self.dummy_steps = 0
+        # MoE layer calls of real steps that yielded no routing (neither select_experts nor
+        # router logits the hooks could read), by the layer's type: stop_routing refuses them.
+        self.unrouted: dict[str, int] = {}
         self.warnings: list[str] = []
         self._serial: Any = None
         self._mtime: tuple[int, int] | None = None
@@ -209,6 +212,7 @@ class Recorder:
         self.step = 0
         self.steps_written = 0
         self.dummy_steps = 0
+        self.unrouted = {}
         self.tokens = {"prefill": 0, "decode": 0, "unknown": 0}
         self._pending = None
 
@@ -222,6 +226,8 @@ class Recorder:
             "steps": self.step,
             "steps_written": self.steps_written,
             "dummy_steps": self.dummy_steps,
+            "unrouted_layer_calls": dict(self.unrouted),
+            "layer_types": sorted({layer_type(module) for _, module in self.layers or []}),
             "tokens": dict(self.tokens),
             "warnings": self.warnings[:10],
         }
@@ -287,8 +293,17 @@ class Recorder:
         return previous
 
     def exit_layer(self, previous: Any) -> None:
+        local = self.local
+        if previous[0] is None and not local.selected and self._capturing():
+            kind = layer_type(local.layer[0])
+            self.unrouted[kind] = self.unrouted.get(kind, 0) + 1
         # A nested call (forward_impl -> forward_impl_chunked) that counted counts for both.
-        self.local.layer, self.local.selected = previous[0], previous[1] or self.local.selected
+        local.layer, local.selected = previous[0], previous[1] or local.selected
+
+    def _capturing(self) -> bool:
+        """A real (not dummy) step of a rank that is writing a capture."""
+        local = self.local
+        return getattr(local, "writer", None) is not None and not getattr(local, "dummy", False)
 
     def on_select(self, bound: inspect.BoundArguments, result: Any) -> None:
         self.local.selected = True
@@ -312,10 +327,9 @@ class Recorder:
     def _record(self, expert_ids: Any) -> None:
         """Count this layer's expert ids (`expert_ids()`: computed only when capturing)."""
         local = self.local
-        if getattr(local, "writer", None) is None or getattr(local, "layer", None) is None:
+        # a dummy step: this rank's own slice is a dummy batch, nothing real to count
+        if not self._capturing() or getattr(local, "layer", None) is None:
             return
-        if local.dummy:
-            return  # this rank's own slice is a dummy batch: nothing real to count
         layer, local_tokens = local.layer
         name = getattr(layer, "layer_name", None)
         if name not in self.layer_index:
@@ -442,6 +456,13 @@ def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | No
     except (AttributeError, TypeError, IndexError, KeyError):
         return None
     return mask if mask.shape[0] == real else None
+
+
+def layer_type(module: Any) -> str:
+    """A MoE layer's class and the method that computes it (e.g. FusedMoE/CPUFusedMOE)."""
+    method = getattr(module, "quant_method", None)
+    name = type(module).__name__
+    return f"{name} ({type(method).__name__})" if method is not None else name
 
 
 def _stack(tensors: list) -> list[np.ndarray]:

@@ -30,6 +30,25 @@ def rank_log_paths(path: Path) -> list[Path]:
     return sorted(ranks, key=ranks.__getitem__)
 
 
+def missing_routing(per_rank: list[dict]) -> str | None:
+    """Why a capture cannot be trusted: a rank whose real steps ran MoE layers that gave the
+    hooks no routing (None when every rank recorded what it ran)."""
+    for rank in per_rank:
+        unrouted = rank.get("unrouted_layer_calls") or {}
+        real_steps = int(rank.get("steps", 0)) - int(rank.get("dummy_steps", 0))
+        if not unrouted and (rank.get("steps_written", 0) or real_steps <= 0):
+            continue
+        kinds = ", ".join(
+            f"{kind} ({calls} calls)" for kind, calls in sorted(unrouted.items())
+        ) or ", ".join(rank.get("layer_types") or ["no MoE layer found"])
+        return (
+            f"rank {rank.get('rank', '?')} ran {real_steps} steps but its MoE layers gave no "
+            f"routing: {kinds} called neither FusedMoE.select_experts nor received router "
+            "logits the plugin could read (a vLLM MoE path the plugin does not know)"
+        )
+    return None
+
+
 def merge_rank_logs(path: Path, rank_files: list[Path] | None = None) -> dict:
     """Write `path` from its rank files; return capture stats (steps, tokens, ranks)."""
     path = Path(path)
