@@ -337,8 +337,8 @@ def judge_two_sample(rel: Relation, a: Samples, b: Samples, unit: str = "") -> J
             p = max(p_of(alt, sign * margin) for alt, sign in ONE_SIDED[rel.kind])
         observed += f", {name} p={p:.3g} ({details['method']})"
     else:
-        d = x - y
         if rel.paired_by:
+            d = x - y
             if np.ptp(d) == 0:
                 raise Refused("the paired differences are all equal: zero spread, no t test")
             diff = Difference(float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), d.size - 1)

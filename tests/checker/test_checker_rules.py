@@ -479,3 +479,24 @@ def test_where_conditions_on_a_dataframe(tmp_path):
     assert query(column="tag", reduce="count").values == ["t", '{"k": 1}', 1.0]
     s = query(where={"mode": "x"}, column="v", by="seqs")
     assert s.groups() == {8: [1.0], 8.0 + 1e-14: [4.0]}
+
+
+def test_claims_table_shows_completeness_and_results_apart():
+    from rich.console import Console
+
+    from artifact.checker import ClaimResult, claims_markdown, rich_table
+
+    results = [
+        ClaimResult("r.one", "s", "Fig. 1", "FAIL", kind="result", expected="a < b"),
+        ClaimResult("c.one", "s", "runs", "PASS", kind="completeness"),
+        ClaimResult("r.two", "s", "Fig. 2", "XPASS", kind="result"),
+    ]
+    md = claims_markdown(results)
+    completeness, found = md.index("### Completeness"), md.index("### Results")
+    assert md.index("**a** is the claim's measured quantity") < completeness < found
+    assert completeness < md.index("`c.one`") < found < md.index("`r.one`") < md.index("`r.two`")
+    assert "1 FAIL, 1 XPASS" in md[found:]
+    console = Console(width=200, record=True)
+    console.print(rich_table(results))
+    text = console.export_text()
+    assert text.index("claims: Completeness") < text.index("claims: Results")
