@@ -90,6 +90,16 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def dropped(**sides: Samples) -> list[str]:
+    """A note per side with matching rows that have no value (missing, NaN), which the
+    rule leaves out."""
+    return [
+        f"{s.missing} row(s){f' of {name}' if len(sides) > 1 else ''} without a value left out"
+        for name, s in sides.items()
+        if s.missing
+    ]
+
+
 # --- value claims -----------------------------------------------------------------------------
 
 
@@ -139,9 +149,11 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
         observed += f" ({how} of {samples.n})"
     if samples.removed:
         observed += f"; IQR filter removed {len(samples.removed)}"
+    observed += "".join(f"; {note}" for note in dropped(value=samples))
     passed = low <= value <= high
     reason = "" if passed else f"outside the band [{fmt(low)}, {fmt(high)}]"
-    return Judgement(passed, expected, observed, reason, {"value": value, "low": low, "high": high})
+    details = {"value": value, "low": low, "high": high, "dropped": samples.missing}
+    return Judgement(passed, expected, observed, reason, details)
 
 
 # --- two-sample relations ---------------------------------------------------------------------
@@ -252,6 +264,7 @@ def _point(rel: Relation, a: Samples, b: Samples, unit: str) -> Judgement:
     margin = _margin(rel, vb)
     expected = f"a {SYMBOL[rel.kind]} b" + (f" (margin {fmt(margin)})" if margin else "")
     observed = f"a {fmt(va, unit)} vs b {fmt(vb, unit)} (two reduced values: no test)"
+    observed += "".join(f"; {note}" for note in dropped(a=a, b=b))
     if rel.kind == "not_different":
         raise Refused("'not different' needs repetitions on both sides, not reduced values")
     passed = {
@@ -285,11 +298,7 @@ def judge_two_sample(rel: Relation, a: Samples, b: Samples, unit: str = "") -> J
     x = np.asarray(a.values, dtype=np.float64)
     y = np.asarray(b.values, dtype=np.float64)
     details: dict[str, Any] = {"dropped": {"a": a.missing, "b": b.missing}}
-    notes = [
-        f"{n} row(s) of {side} without a value left out"
-        for side, n in (("a", a.missing), ("b", b.missing))
-        if n
-    ]
+    notes = dropped(a=a, b=b)
     if rel.paired_by:
         paired = pairs(a, b, rel.paired_by)
         details["unmatched"] = {"a": paired.only_a, "b": paired.only_b}
@@ -399,8 +408,7 @@ def judge_trend(rel: Relation, samples: Samples, unit: str = "") -> Judgement:
         f"means {series}{f' {unit}' if unit else ''} ({min(sizes)}+ values each); "
         f"JT={statistic:g}, p={p:.3g}"
     )
-    if samples.missing:
-        observed += f"; {samples.missing} row(s) without a value left out"
+    observed += "".join(f"; {note}" for note in dropped(values=samples))
     passed = p <= rel.alpha
     reason = "" if passed else f"no {rel.kind} trend at alpha={rel.alpha:g} (p={p:.3g})"
     details = {

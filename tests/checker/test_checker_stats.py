@@ -83,6 +83,25 @@ def test_unmatched_keys_and_dropped_rows_are_reported(tmp_path):
     assert "1 key(s) only in a left unpaired (d3)" in r.observed
 
 
+def test_dropped_rows_of_value_claims_and_trends_are_reported(tmp_path):
+    rows = [{"run": str(i), "x": i % 4, "v": None if i == 5 else float(i)} for i in range(12)]
+    results = judge(
+        tmp_path,
+        [
+            claim("value", quantity={"table": "runs", "column": "v"}, expect={"min": 0}),
+            claim(
+                "trend",
+                quantity={"table": "runs", "column": "v", "by": "x"},
+                relation={"kind": "increasing"},
+            ),
+        ],
+        runs=rows,
+    )
+    for r in results.values():
+        assert "1 row(s) without a value left out" in r.observed
+        assert r.details["dropped"] == 1
+
+
 def test_an_alpha_the_test_cannot_reach_is_refused(tmp_path):
     rows = rows_of(a=[1, 2, 3], b=[4, 5, 6])
     r = judge(tmp_path, [two("less", test="mann_whitney", alpha=0.01)], runs=rows)["c"]
