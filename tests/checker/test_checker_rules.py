@@ -56,6 +56,20 @@ def test_shipped_claims_files_load(name):
     assert claims.profile == name and len(claims.claims) >= 10
 
 
+@pytest.mark.parametrize("name", ["local", "gpu", "perlmutter", "vllm-cpu", "study-audit"])
+def test_shipped_claims_fixed_by_construction_are_completeness(name):
+    """Counts, provenance and the datasets (fixed by the profile and the seed) say the run
+    is whole; they are not results. Results are relations or hardware-keyed measurements."""
+    raw = yaml.safe_load((REPO / "expected_results" / f"{name}.yaml").read_text())
+    for c in raw["claims"]:
+        q = c["quantity"]
+        fixed = q["table"] in ("datasets", "provenance") or q.get("reduce") in ("count", "nunique")
+        if fixed:
+            assert c["kind"] == "completeness", c["id"]
+        if c["kind"] == "result":
+            assert "relation" in c or "hardware" in c, c["id"]
+
+
 def test_band_sides_and_units():
     ref = Reference(value=100, tolerance=Tolerance(rel=0.1, abs_upper=25))
     assert ref.band() == (90, 125)  # upper side: the wider of 10% and 25
