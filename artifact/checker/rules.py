@@ -160,14 +160,6 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
 
 
 @dataclass
-class Side:
-    """One side's values, with the rows the query matched but could not use."""
-
-    values: np.ndarray
-    dropped: int
-
-
-@dataclass
 class Pairing:
     """The per-key means both sides have, and the keys only one side has."""
 
@@ -246,7 +238,8 @@ SYMBOL = {
     "equivalent": "~",
     "not_different": "~",
 }
-# The one-sided tests whose rejection supports the claim: (alternative, shift of a - b).
+# The one-sided tests whose rejection supports the claim: (alternative, the sign of the
+# margin that a - b is tested against).
 ONE_SIDED = {
     "less": [("less", 0)],
     "not_greater": [("less", 1)],
