@@ -51,19 +51,12 @@ def _assignments(sizes: Sequence[int]) -> np.ndarray:
 
 
 def _p_from_null(null: np.ndarray, observed: float, alternative: str, exact: bool) -> float:
-    tol = 1e-9 * max(1.0, abs(observed))
     if alternative == "two-sided":
-        return min(
-            1.0,
-            2
-            * min(
-                _p_from_null(null, observed, "less", exact),
-                _p_from_null(null, observed, "greater", exact),
-            ),
-        )
-    hits = int(
-        np.sum(null >= observed - tol if alternative == "greater" else null <= observed + tol)
-    )
+        tails = [_p_from_null(null, observed, side, exact) for side in ("less", "greater")]
+        return min(1.0, 2 * min(tails))
+    tol = 1e-9 * max(1.0, abs(observed))  # equal statistics computed in another order
+    extreme = null >= observed - tol if alternative == "greater" else null <= observed + tol
+    hits = int(np.sum(extreme))
     # Sampled: the observed arrangement counts once among the null's (Phipson & Smyth).
     return hits / null.size if exact else (hits + 1) / (null.size + 1)
 
