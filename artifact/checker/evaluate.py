@@ -1,11 +1,19 @@
-"""Judge every claim of a claims file against a run directory: PASS, FAIL, SKIP or XFAIL.
+"""Judge every claim of a claims file against a run directory: PASS, FAIL, SKIP, XFAIL or
+XPASS.
 
 - SKIP: the claim's experiment is disabled in the profile (with the profile's reason), every
   mode it reads had its server die during start-up (quoting the server's own error), the
-  claim has no reference for the hardware at hand, or a premise (`depends_on`) is SKIP.
+  claim has no reference for the hardware at hand, a premise (`depends_on`) is SKIP, or the
+  rule cannot judge the data (artifact.checker.rules.Refused: too few values, no spread, an
+  alpha the test cannot reach).
 - FAIL: the relation or band does not hold, the data it needs is missing or unreadable
   (the reason says which), or a premise FAILed.
 - XFAIL: a FAIL the claims file marks as known (`xfail: reason`).
+- XPASS: a claim marked xfail that holds: a failure, the documented findings changed.
+
+Multiple comparisons: the relation claims judged by a test form one family per experiment
+(claims without one form their own family); their p-values are Holm-adjusted within it, and
+a claim PASSes only when its adjusted p is <= its alpha (`details.p_holm`, `details.family`).
 """
 
 from __future__ import annotations
@@ -17,18 +25,21 @@ from typing import Any
 from artifact.checker.query import run_query
 from artifact.checker.rules import (
     Judgement,
+    Refused,
     judge_correlation,
     judge_trend,
     judge_two_sample,
     judge_value,
 )
+from artifact.checker.stats import holm
 from artifact.checker.tables import RunTables
 from artifact.config.claims import Claim, ClaimsFile, Reference
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
 from artifact.core.records import startup_failure
 
-VERDICTS = ("PASS", "FAIL", "SKIP", "XFAIL")
+VERDICTS = ("PASS", "FAIL", "SKIP", "XFAIL", "XPASS")
+FAILING = ("FAIL", "XPASS")
 
 
 @dataclass
@@ -37,6 +48,7 @@ class ClaimResult:
     statement: str
     source: str
     verdict: str
+    kind: str = "result"
     expected: str = ""
     observed: str = ""
     reason: str = ""
@@ -118,68 +130,121 @@ def evaluate(
     hardware = hardware or tables.hardware()
     profile_raw = profile._raw if profile._raw is not None else profile.model_dump(mode="json")
     by_id = {c.id: c for c in claims.claims}
-    done: dict[str, ClaimResult] = {}
+    # First every claim's skip reason or judgement, then the Holm adjustment over the tested
+    # relations of each family, then the verdicts (premises first).
+    outcome: dict[str, Judgement | str] = {}
 
-    def run(claim: Claim, stack: tuple[str, ...] = ()) -> ClaimResult:
-        if claim.id in done:
-            return done[claim.id]
+    def attempt(claim: Claim, stack: tuple[str, ...] = ()) -> Judgement | str:
+        if claim.id in outcome:
+            return outcome[claim.id]
         if claim.id in stack:
             raise ArtifactError(
                 f"claims depend on each other in a cycle: {' -> '.join((*stack, claim.id))}",
                 path=claims.path,
             )
+        skip = _skip_for_experiment(claim, profile) or _skip_for_refused_modes(claim, tables)
+        premises = [attempt(by_id[d], (*stack, claim.id)) for d in claim.depends_on]
+        if skip is None:
+            skipped = [
+                (d, p)
+                for d, p in zip(claim.depends_on, premises, strict=True)
+                if isinstance(p, str)
+            ]
+            if skipped:
+                skip = f"premise {skipped[0][0]} is SKIP: {skipped[0][1]}"
+        if skip is None:
+            try:
+                skip_or_judged = judge(claim, tables, profile_raw, hardware)
+            except ArtifactError as exc:
+                skip_or_judged = Judgement(False, _expected_text(claim), "no data", str(exc))
+            except Refused as exc:
+                skip_or_judged = f"cannot be judged: {exc}"
+        else:
+            skip_or_judged = skip
+        outcome[claim.id] = skip_or_judged
+        return skip_or_judged
+
+    for claim in claims.claims:
+        attempt(claim)
+    families: dict[str, dict[str, float]] = {}
+    for claim in claims.claims:
+        judged = outcome[claim.id]
+        tested = isinstance(judged, Judgement) and "p_value" in judged.details
+        if tested and claim.relation is not None and claim.relation.kind != "not_different":
+            assert isinstance(judged, Judgement)
+            families.setdefault(family_of(claim), {})[claim.id] = judged.details["p_value"]
+    for family, members in families.items():
+        for ident, adjusted in zip(members, holm(list(members.values())), strict=True):
+            judged = outcome[ident]
+            assert isinstance(judged, Judgement)
+            adjust(judged, adjusted, len(members), family)
+
+    done: dict[str, ClaimResult] = {}
+
+    def verdict_of(claim: Claim) -> ClaimResult:
+        if claim.id in done:
+            return done[claim.id]
         base: dict[str, Any] = {
             "id": claim.id,
             "statement": claim.statement,
             "source": claim.source,
+            "kind": claim.kind,
             "experiment": claim.experiment,
         }
-        skip = _skip_for_experiment(claim, profile) or _skip_for_refused_modes(claim, tables)
-        premises = [run(by_id[d], (*stack, claim.id)) for d in claim.depends_on]
-        if skip is None:
-            skipped = [p for p in premises if p.verdict == "SKIP"]
-            if skipped:
-                skip = f"premise {skipped[0].id} is SKIP: {skipped[0].reason}"
-        if skip is not None:
-            result = ClaimResult(**base, verdict="SKIP", reason=skip)
-            done[claim.id] = result
-            return result
-        try:
-            judgement = judge(claim, tables, profile_raw, hardware)
-        except ArtifactError as exc:
-            judgement = Judgement(False, _expected_text(claim), "no data", str(exc))
+        judgement = outcome[claim.id]
         if isinstance(judgement, str):
             result = ClaimResult(**base, verdict="SKIP", reason=judgement)
-        else:
-            verdict = "PASS" if judgement.passed else "FAIL"
-            reason = judgement.reason
-            failed = [p for p in premises if p.verdict in ("FAIL", "XFAIL")]
-            if failed:
-                premise = (
-                    f"premise {failed[0].id} FAILs ({failed[0].statement.rstrip('.')}: "
-                    f"observed {failed[0].observed})"
-                )
-                reason = premise if verdict == "PASS" else f"{reason}; {premise}"
-                verdict = "FAIL"
-            if verdict == "FAIL" and claim.xfail:
-                verdict = "XFAIL"
-                reason = f"known: {claim.xfail.strip()} ({reason})"
-            elif verdict == "PASS" and claim.xfail:
-                reason = f"marked xfail ({claim.xfail.strip()}) but holds"
-            details = dict(judgement.details)
-            details["hardware"] = hardware
-            result = ClaimResult(
-                **base,
-                verdict=verdict,
-                expected=judgement.expected,
-                observed=judgement.observed,
-                reason=reason,
-                details=_jsonable(details),
+            done[claim.id] = result
+            return result
+        premises = [verdict_of(by_id[d]) for d in claim.depends_on]
+        verdict = "PASS" if judgement.passed else "FAIL"
+        reason = judgement.reason
+        failed = [p for p in premises if p.verdict in ("FAIL", "XFAIL", "XPASS")]
+        if failed:
+            premise = (
+                f"premise {failed[0].id} FAILs ({failed[0].statement.rstrip('.')}: "
+                f"observed {failed[0].observed})"
             )
+            reason = premise if verdict == "PASS" else f"{reason}; {premise}"
+            verdict = "FAIL"
+        if verdict == "FAIL" and claim.xfail:
+            verdict = "XFAIL"
+            reason = f"known: {claim.xfail.strip()} ({reason})"
+        elif verdict == "PASS" and claim.xfail:
+            verdict = "XPASS"
+            reason = f"the findings changed: marked xfail ({claim.xfail.strip()}) but holds"
+        details = dict(judgement.details)
+        details["hardware"] = hardware
+        result = ClaimResult(
+            **base,
+            verdict=verdict,
+            expected=judgement.expected,
+            observed=judgement.observed,
+            reason=reason,
+            details=_jsonable(details),
+        )
         done[claim.id] = result
         return result
 
-    return [run(c) for c in claims.claims]
+    return [verdict_of(c) for c in claims.claims]
+
+
+def family_of(claim: Claim) -> str:
+    return claim.experiment or "(no experiment)"
+
+
+def adjust(judgement: Judgement, adjusted: float, size: int, family: str) -> None:
+    """Judge a tested relation by its Holm-adjusted p within its family."""
+    judgement.details.update(p_holm=adjusted, family=family, family_size=size)
+    if size > 1:
+        judgement.observed += f", Holm p={adjusted:.3g} ({size} tests in {family})"
+    if judgement.passed and adjusted > judgement.details["alpha"]:
+        judgement.passed = False
+        judgement.reason = (
+            f"holds alone (p={judgement.details['p_value']:.3g}) but not after Holm's "
+            f"adjustment over the {size} tested claims of {family} (p={adjusted:.3g} > "
+            f"{judgement.details['alpha']:g})"
+        )
 
 
 def _expected_text(claim: Claim) -> str:
@@ -207,6 +272,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     return value
+
+
+def failing(results: list[ClaimResult]) -> list[str]:
+    """The ids of the claims that make `check` exit 1: FAIL and XPASS."""
+    return [r.id for r in results if r.verdict in FAILING]
 
 
 def counts(results: list[ClaimResult]) -> dict[str, int]:

@@ -109,10 +109,10 @@ def reduce_values(values: Sequence[Any], how: str) -> float | None:
         return float(pd.Series(values, dtype=object).nunique())
     v = pd.Series(values, dtype=np.float64)
     if how in ("std", "cv", "max_gap") and v.size < 2:
-        return 0.0
+        return float("nan")  # one value has no spread to measure, not a spread of 0
     if how == "cv":
         mean = v.mean()
-        return float(v.std(ddof=1) / abs(mean)) if mean else 0.0
+        return float(v.std(ddof=1) / abs(mean)) if mean else float("nan")
     reducers: dict[str, Callable[[], Any]] = {
         "mean": v.mean,
         "median": v.median,

@@ -1,4 +1,7 @@
-"""Verdict rules: how each kind of claim is judged, with the repetitions when there are any.
+"""Verdict rules: how each kind of claim is judged. A rule that cannot judge its data
+raises Refused (the claim is SKIP with the reason) rather than guess: a side with one value,
+zero spread, fewer than 2 pairs, fewer than 4 points for a correlation, an undefined reduced
+value (the CV of one value), or an alpha the test cannot reach on these sample sizes.
 
 Value claims (`expect` / `hardware`): the observed value is the query's `reduce` (the mean
 of the matching rows when none is given) and PASSes when it lies inside the band
@@ -6,36 +9,36 @@ of the matching rows when none is given) and PASSes when it lies inside the band
 `per_row` every matching row must lie inside. The number of rows and their spread are
 reported.
 
-Two-sample relations (`quantity` is a, `other` is b; both reduced to one number each, or one
-side with a single row, mean a point comparison, reported as such):
+Two-sample relations (`quantity` is a, `other` is b), on the repetitions of each side
+(`paired_by`: on the per-key means, keys only one side has reported and left out; rows
+without a value are reported too). `test: welch` is Welch's t (paired: the paired t);
+`test: mann_whitney` is Mann-Whitney U (paired: Wilcoxon signed-rank), exact, or a
+permutation test when there are ties (artifact.checker.stats). The claim PASSes when the
+one-sided test(s) supporting it reject at alpha:
 
-- `less` / `greater`: a < b (a > b). With repetitions (>= 2 values on a side), `test: welch`
-  PASSes when the one-sided (1 - alpha) Welch interval of mean(a) - mean(b) excludes zero in
-  the claimed direction (with `paired_by`: the paired-t interval of the per-pair
-  differences); `test: mann_whitney` when the one-sided Mann-Whitney U test (paired:
-  Wilcoxon signed-rank) rejects at alpha.
-- `not_greater` / `not_less` (non-inferiority, "a is not slower than b"): the one-sided
-  (1 - alpha) bound of mean(a) - mean(b) stays below +margin (above -margin); margin is
-  `margin_abs`, or `margin_rel` x |mean(b)|, the larger when both are given.
-- `equivalent` (TOST): the two-sided (1 - 2 alpha) interval of the difference lies inside
-  (-margin, +margin).
-- `not_different`: the two-sided (1 - alpha) interval of the difference contains zero
-  (Mann-Whitney: the two-sided test does not reject). Weak with few repetitions; prefer
-  `equivalent` with a margin where one can be argued. Needs repetitions.
+- `less` / `greater`: H0 a - b >= 0 (<= 0);
+- `not_greater` / `not_less` (non-inferiority): H0 a - b >= +margin (<= -margin); margin is
+  `margin_abs`, or `margin_rel` x |mean(b)|, the larger when both are given;
+- `equivalent` (TOST): both one-sided tests at +-margin, the larger p;
+- `not_different`: PASSes when the two-sided test does not reject (weak with few
+  repetitions; prefer `equivalent` with a margin).
 
-Trends (`increasing` / `decreasing`, groups from the query's `by`): Spearman's rho of the
-group key against the group means must be >= min_rho (<= -min_rho); with repetitions and
-`ends: true`, the last group must also differ from the first in the claimed direction: by
-the one-sided Welch rule at alpha, or with `test: mann_whitney` by the one-sided
-Mann-Whitney U test (p <= alpha), which a single outlying repetition cannot defeat.
+Two reduced values (`reduce:` on both sides, e.g. each side's CV) are compared as numbers,
+without a test, and said so.
+
+Trends (`increasing` / `decreasing`, groups from the query's `by`, in order): the one-sided
+Jonckheere-Terpstra test with an exact (or seeded sampled) permutation p-value, p <= alpha.
+Four settings of one value each reach p = 1/24; three cannot reach 0.05 and are refused.
 
 Correlations (`correlated` / `uncorrelated`), from the `correlations` table's rows (each row
-must hold) or computed by artifact.routing.correlation from the rows' `x` and `column`
-(bootstrap 95% interval; the query's `iqr_filter` applies the study's 1.5 x IQR rule to both
-variables and reports what it removed): `correlated` PASSes when the interval excludes zero
-on the claimed `sign` side and |r| >= min_abs_r; `uncorrelated` when the interval contains
-zero (and |r| <= max_abs_r when given). A row whose r is undefined (a constant variable,
-fewer than 3 points) cannot support either and FAILs with that reason.
+must hold) or computed by artifact.routing.correlation from the rows' `x` and `column`:
+`correlated` when the one-sided Fisher-z test puts rho beyond 0 on the claimed `sign` (and
+|r| >= min_abs_r); `uncorrelated` is an equivalence test, the (1 - 2 alpha) Fisher-z interval
+inside (-max_abs_r, +max_abs_r). A row whose r is undefined (a constant variable) cannot
+support either and FAILs with that reason.
+
+Every relation judged by a test reports its p-value (`details.p_value`); evaluate adjusts
+them by Holm within each family (the claims of one experiment).
 """
 
 from __future__ import annotations
@@ -48,8 +51,21 @@ import numpy as np
 from scipy import stats
 
 from artifact.checker.query import QueryError, Samples, reduce_values, row_labels
+from artifact.checker.stats import (
+    correlation_p,
+    fisher_interval,
+    jonckheere_p,
+    rank_sum_p,
+    signed_rank_p,
+    smallest_p,
+)
 from artifact.config.claims import Reference, Relation
 from artifact.routing.correlation import correlation
+
+
+class Refused(Exception):
+    """The rule cannot judge these data (too few values, no spread, an alpha the test
+    cannot reach): the claim is SKIP with this reason."""
 
 
 @dataclass
@@ -72,6 +88,16 @@ def fmt(value: float | None, unit: str = "") -> str:
     else:
         text = f"{value:.3e}"
     return f"{text} {unit}".strip()
+
+
+def dropped(**sides: Samples) -> list[str]:
+    """A note per side with matching rows that have no value (missing, NaN), which the
+    rule leaves out."""
+    return [
+        f"{s.missing} row(s){f' of {name}' if len(sides) > 1 else ''} without a value left out"
+        for name, s in sides.items()
+        if s.missing
+    ]
 
 
 # --- value claims -----------------------------------------------------------------------------
@@ -113,7 +139,8 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
         return Judgement(not outside, expected, observed, reason, {"low": low, "high": high})
     how = samples.query.reduce or "mean"
     value = reduce_values(samples.values, how)
-    assert value is not None
+    if value is None or math.isnan(value):
+        raise Refused(f"the {how} of {samples.n} value(s) is undefined")
     observed = fmt(value, ref.unit)
     if how != "count" and samples.n > 1 and samples.query.reduce is None:
         sd = float(np.std(samples.values, ddof=1))
@@ -122,40 +149,28 @@ def judge_value(samples: Samples, ref: Reference, per_row: bool) -> Judgement:
         observed += f" ({how} of {samples.n})"
     if samples.removed:
         observed += f"; IQR filter removed {len(samples.removed)}"
+    observed += "".join(f"; {note}" for note in dropped(value=samples))
     passed = low <= value <= high
     reason = "" if passed else f"outside the band [{fmt(low)}, {fmt(high)}]"
-    return Judgement(passed, expected, observed, reason, {"value": value, "low": low, "high": high})
+    details = {"value": value, "low": low, "high": high, "dropped": samples.missing}
+    return Judgement(passed, expected, observed, reason, details)
 
 
 # --- two-sample relations ---------------------------------------------------------------------
 
 
 @dataclass
-class Difference:
-    """mean(a) - mean(b) and how to bound it."""
+class Pairing:
+    """The per-key means both sides have, and the keys only one side has."""
 
-    estimate: float
-    se: float
-    df: float
-    paired: bool
-    n_a: int
-    n_b: int
-
-    def bound(self, confidence: float, side: str) -> float:
-        """One-sided bound ('upper' or 'lower') at `confidence`."""
-        if self.se == 0:
-            return self.estimate
-        t = stats.t.ppf(confidence, self.df)
-        return self.estimate + t * self.se if side == "upper" else self.estimate - t * self.se
-
-    def interval(self, confidence: float) -> tuple[float, float]:
-        tail = (1 + confidence) / 2
-        return self.bound(tail, "lower"), self.bound(tail, "upper")
+    a: np.ndarray
+    b: np.ndarray
+    only_a: list
+    only_b: list
 
 
-def _pairs(a: Samples, b: Samples, key: str | list[str]) -> tuple[np.ndarray, np.ndarray, list]:
-    """Mean of each side per value of the `key` columns, for the values both sides have (in
-    the order a first has them)."""
+def pairs(a: Samples, b: Samples, key: str | list[str]) -> Pairing:
+    """Mean of each side per value of the `key` columns (in the order a first has them)."""
     import pandas as pd
 
     columns = [key] if isinstance(key, str) else list(key)
@@ -169,22 +184,41 @@ def _pairs(a: Samples, b: Samples, key: str | list[str]) -> tuple[np.ndarray, np
     keys = left.index.intersection(right.index, sort=False)
     if keys.empty:
         raise QueryError(f"no common values of {columns} to pair the two quantities on")
-    return left[keys].to_numpy(), right[keys].to_numpy(), keys.tolist()
+    return Pairing(
+        left[keys].to_numpy(),
+        right[keys].to_numpy(),
+        left.index.difference(right.index, sort=False).tolist(),
+        right.index.difference(left.index, sort=False).tolist(),
+    )
 
 
-def difference(a: Samples, b: Samples, paired_by: str | list[str] | None) -> Difference:
-    if paired_by:
-        x, y, _ = _pairs(a, b, paired_by)
-        d = x - y
-        n = d.size
-        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-        return Difference(float(d.mean()), se, max(n - 1, 1), True, n, n)
-    va = np.asarray(a.values, dtype=np.float64)
-    vb = np.asarray(b.values, dtype=np.float64)
-    parts = [(v.var(ddof=1) / v.size, v.size) for v in (va, vb) if v.size > 1]
-    se2 = sum(p for p, _ in parts)
-    df = se2**2 / sum(p**2 / (n - 1) for p, n in parts) if se2 > 0 else 1.0
-    return Difference(float(va.mean() - vb.mean()), math.sqrt(se2), df, False, va.size, vb.size)
+@dataclass
+class Difference:
+    """mean(a) - mean(b), its standard error and degrees of freedom (Welch, or the paired t
+    of the per-pair differences)."""
+
+    estimate: float
+    se: float
+    df: float
+
+    def p_below(self, limit: float) -> float:
+        """p of 'the difference is below limit' (H0: difference >= limit)."""
+        return float(stats.t.cdf((self.estimate - limit) / self.se, self.df))
+
+    def p_above(self, limit: float) -> float:
+        return float(stats.t.sf((self.estimate - limit) / self.se, self.df))
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        half = float(stats.t.ppf((1 + confidence) / 2, self.df)) * self.se
+        return self.estimate - half, self.estimate + half
+
+
+def welch(x: np.ndarray, y: np.ndarray) -> Difference:
+    """The Welch difference of two samples of at least 2 values each, not both constant."""
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se2 = va + vb
+    df = se2**2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    return Difference(float(x.mean() - y.mean()), math.sqrt(se2), float(df))
 
 
 def _margin(rel: Relation, b_mean: float) -> float:
@@ -204,105 +238,141 @@ SYMBOL = {
     "equivalent": "~",
     "not_different": "~",
 }
+# The one-sided tests whose rejection supports the claim: (alternative, the sign of the
+# margin that a - b is tested against).
+ONE_SIDED = {
+    "less": [("less", 0)],
+    "not_greater": [("less", 1)],
+    "greater": [("greater", 0)],
+    "not_less": [("greater", -1)],
+    "equivalent": [("less", 1), ("greater", -1)],
+}
 
 
-def _mann_whitney(rel: Relation, a: Samples, b: Samples, shift: float) -> float:
-    """p-value of the rank test for the relation (a shifted by -shift)."""
-    alternative = {
-        "less": "less",
-        "not_greater": "less",
-        "greater": "greater",
-        "not_less": "greater",
-        "not_different": "two-sided",
+def _point(rel: Relation, a: Samples, b: Samples, unit: str) -> Judgement:
+    """Two reduced values (e.g. each side's CV): compared as numbers, without a test."""
+    va, vb = a.scalar, b.scalar
+    if va is None or vb is None or math.isnan(va) or math.isnan(vb):
+        raise Refused(f"a reduced side is undefined (a {fmt(va)}, b {fmt(vb)})")
+    margin = _margin(rel, vb)
+    expected = f"a {SYMBOL[rel.kind]} b" + (f" (margin {fmt(margin)})" if margin else "")
+    observed = f"a {fmt(va, unit)} vs b {fmt(vb, unit)} (two reduced values: no test)"
+    observed += "".join(f"; {note}" for note in dropped(a=a, b=b))
+    if rel.kind == "not_different":
+        raise Refused("'not different' needs repetitions on both sides, not reduced values")
+    passed = {
+        "less": va < vb,
+        "greater": va > vb,
+        "not_greater": va <= vb + margin,
+        "not_less": va >= vb - margin,
+        "equivalent": abs(va - vb) <= margin,
     }[rel.kind]
-    if rel.paired_by:
-        x, y, _ = _pairs(a, b, rel.paired_by)
-        d = x - shift - y
-        if np.all(d == 0):
-            return 1.0
-        return float(stats.wilcoxon(d, alternative=alternative).pvalue)
-    x = np.asarray(a.values) - shift
-    return float(stats.mannwhitneyu(x, b.values, alternative=alternative).pvalue)
+    reason = "" if passed else "the reduced values do not satisfy the relation"
+    return Judgement(passed, expected, observed, reason, {"a": va, "b": vb, "margin": margin})
+
+
+def _require(test: str, sizes: list[int], rel: Relation, two_sided: bool = False) -> None:
+    floor = smallest_p(test, sizes, two_sided)
+    if floor > rel.alpha:
+        raise Refused(
+            f"the {TEST_NAME[test]} test on {' vs '.join(map(str, sizes))} values cannot reach "
+            f"alpha={rel.alpha:g} (its smallest p is {floor:.3g}): add repetitions or raise alpha"
+        )
+
+
+TEST_NAME = {"rank_sum": "Mann-Whitney", "signed_rank": "Wilcoxon signed-rank"}
 
 
 def judge_two_sample(rel: Relation, a: Samples, b: Samples, unit: str = "") -> Judgement:
-    sym = SYMBOL[rel.kind]
-    point = (a.scalar is not None or a.n == 1) and (b.scalar is not None or b.n == 1)
-    if point:
-        va = a.scalar if a.scalar is not None else a.values[0]
-        vb = b.scalar if b.scalar is not None else b.values[0]
-        margin = _margin(rel, vb)
-        expected = f"a {sym} b" + (f" (margin {fmt(margin)})" if margin else "")
-        observed = f"a {fmt(va, unit)} vs b {fmt(vb, unit)} (point values, no repetitions)"
-        checks = {
-            "less": va < vb,
-            "greater": va > vb,
-            "not_greater": va <= vb + margin,
-            "not_less": va >= vb - margin,
-            "equivalent": abs(va - vb) <= margin,
-        }
-        if rel.kind == "not_different":
-            return Judgement(
-                False,
-                expected,
-                observed,
-                "'not different' needs repetitions on at least one side (or use 'equivalent' "
-                "with a margin)",
-            )
-        passed = checks[rel.kind]
-        return Judgement(
-            passed,
-            expected,
-            observed,
-            "" if passed else "the point values do not satisfy the relation",
-            {"a": va, "b": vb, "margin": margin},
-        )
+    if a.scalar is not None and b.scalar is not None:
+        return _point(rel, a, b, unit)
     if a.scalar is not None or b.scalar is not None:
         raise QueryError("compare either two reduced values or two sets of samples, not a mix")
-    diff = difference(a, b, rel.paired_by)
-    b_mean = float(np.mean(b.values))
+    x = np.asarray(a.values, dtype=np.float64)
+    y = np.asarray(b.values, dtype=np.float64)
+    details: dict[str, Any] = {"dropped": {"a": a.missing, "b": b.missing}}
+    notes = dropped(a=a, b=b)
+    if rel.paired_by:
+        paired = pairs(a, b, rel.paired_by)
+        details["unmatched"] = {"a": paired.only_a, "b": paired.only_b}
+        for side, keys in (("a", paired.only_a), ("b", paired.only_b)):
+            if keys:
+                shown = ", ".join(map(str, keys[:3])) + (", ..." if len(keys) > 3 else "")
+                notes.append(f"{len(keys)} key(s) only in {side} left unpaired ({shown})")
+        x, y = paired.a, paired.b
+        if x.size < 2:
+            raise Refused(f"{x.size} pair(s): a paired test needs at least 2")
+    else:
+        small = [f"{side} has {v.size} value" for side, v in (("a", x), ("b", y)) if v.size < 2]
+        if small:
+            raise Refused(
+                f"{' and '.join(small)}: one value has no spread to test a difference against "
+                "(add repetitions, or compare reduced values)"
+            )
+    b_mean = float(y.mean())
     margin = _margin(rel, b_mean)
     by = rel.paired_by if isinstance(rel.paired_by, str) else "+".join(rel.paired_by or [])
-    paired = f", paired by {by} (n={diff.n_a})" if diff.paired else ""
+    n_text = f"{x.size} pairs by {by}" if rel.paired_by else f"n={x.size} vs n={y.size}"
     observed = (
-        f"a {fmt(float(np.mean(a.values)), unit)} (n={a.n}) vs b {fmt(b_mean, unit)} "
-        f"(n={b.n}){paired}: diff {fmt(diff.estimate)}"
+        f"a {fmt(float(x.mean()), unit)} vs b {fmt(b_mean, unit)} ({n_text}): "
+        f"diff {fmt(float(x.mean()) - b_mean)}"
     )
-    expected = f"a {sym} b" + (f" (margin {fmt(margin)})" if margin else "")
-    alpha = rel.alpha
-    details: dict[str, Any] = {"difference": diff.estimate, "se": diff.se, "margin": margin}
-    if rel.test == "mann_whitney" and rel.kind != "equivalent":
-        shift = {"not_greater": margin, "not_less": -margin}.get(rel.kind, 0.0)
-        p = _mann_whitney(rel, a, b, shift)
-        details["p_value"] = p
-        name = "Wilcoxon" if rel.paired_by else "Mann-Whitney"
-        observed += f", {name} p={p:.3g}"
-        passed = p > alpha if rel.kind == "not_different" else p <= alpha
-        reason = "" if passed else f"{name} test at alpha={alpha} does not support the relation"
-        return Judgement(passed, expected, observed, reason, details)
-    if rel.kind in ("less", "not_greater"):
-        bound = diff.bound(1 - alpha, "upper")
-        limit = 0.0 if rel.kind == "less" else margin
-        passed = bound < limit if rel.kind == "less" else bound <= limit
-        observed += f", {100 * (1 - alpha):.0f}% upper bound {fmt(bound)}"
-        reason = "" if passed else f"the upper bound {fmt(bound)} is not below {fmt(limit)}"
-    elif rel.kind in ("greater", "not_less"):
-        bound = diff.bound(1 - alpha, "lower")
-        limit = 0.0 if rel.kind == "greater" else -margin
-        passed = bound > limit if rel.kind == "greater" else bound >= limit
-        observed += f", {100 * (1 - alpha):.0f}% lower bound {fmt(bound)}"
-        reason = "" if passed else f"the lower bound {fmt(bound)} is not above {fmt(limit)}"
-    elif rel.kind == "equivalent":
-        low, high = diff.interval(1 - 2 * alpha)
-        passed = -margin < low and high < margin
-        observed += f", {100 * (1 - 2 * alpha):.0f}% CI [{fmt(low)}, {fmt(high)}]"
-        reason = "" if passed else f"the interval is not inside (-{fmt(margin)}, {fmt(margin)})"
-    else:  # not_different
-        low, high = diff.interval(1 - alpha)
-        passed = low <= 0 <= high
-        observed += f", {100 * (1 - alpha):.0f}% CI [{fmt(low)}, {fmt(high)}]"
-        reason = "" if passed else "the interval of the difference excludes zero"
-    details["bound_or_interval"] = observed.rsplit(", ", 1)[-1]
+    expected = f"a {SYMBOL[rel.kind]} b" + (f" (margin {fmt(margin)})" if margin else "")
+    details.update(margin=margin, alpha=rel.alpha)
+    two_sided = rel.kind == "not_different"
+    if rel.test == "mann_whitney":
+        test = "signed_rank" if rel.paired_by else "rank_sum"
+        _require(test, [x.size] if rel.paired_by else [x.size, y.size], rel, two_sided)
+        name = TEST_NAME[test]
+
+        def p_of(alternative: str, shift: float) -> float:
+            if rel.paired_by:
+                p, how = signed_rank_p(x - shift - y, alternative)
+            else:
+                p, how = rank_sum_p(x - shift, y, alternative)
+            details["method"] = how
+            return p
+
+        if two_sided:
+            p = p_of("two-sided", 0.0)
+        else:
+            p = max(p_of(alt, sign * margin) for alt, sign in ONE_SIDED[rel.kind])
+        observed += f", {name} p={p:.3g} ({details['method']})"
+    else:
+        if rel.paired_by:
+            d = x - y
+            if np.ptp(d) == 0:
+                raise Refused("the paired differences are all equal: zero spread, no t test")
+            diff = Difference(float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), d.size - 1)
+            name = "paired t"
+        else:
+            if np.ptp(x) == 0 and np.ptp(y) == 0:
+                raise Refused("both sides have zero spread: no t test")
+            diff = welch(x, y)
+            name = "Welch t"
+        details.update(difference=diff.estimate, se=diff.se)
+        if two_sided:
+            p = 2 * min(diff.p_below(0.0), diff.p_above(0.0))
+        else:
+            p = max(
+                diff.p_below(sign * margin) if alt == "less" else diff.p_above(sign * margin)
+                for alt, sign in ONE_SIDED[rel.kind]
+            )
+        level = 1 - rel.alpha * (1 if two_sided else 2)
+        low, high = diff.interval(level)
+        observed += f", {name} p={p:.3g}, {100 * level:.0f}% CI [{fmt(low)}, {fmt(high)}]"
+    details["p_value"] = p
+    details["test"] = name
+    if notes:
+        observed += "; " + "; ".join(notes)
+    if two_sided:
+        passed = p > rel.alpha
+        reason = (
+            "" if passed else f"the {name} test finds a difference (p={p:.3g} <= {rel.alpha:g})"
+        )
+    else:
+        passed = p <= rel.alpha
+        reason = "" if passed else f"the {name} test at alpha={rel.alpha:g} does not support it"
     return Judgement(passed, expected, observed, reason, details)
 
 
@@ -314,144 +384,108 @@ def judge_trend(rel: Relation, samples: Samples, unit: str = "") -> Judgement:
     keys = [k for k in groups if k is not None]
     if len(keys) < 2:
         raise QueryError(f"a trend needs at least 2 values of '{samples.query.by}', got {keys}")
-    means = [float(np.mean(groups[k])) for k in keys]
-    rho = float(stats.spearmanr(keys, means).statistic) if len(set(means)) > 1 else 0.0
+    sizes = [len(groups[k]) for k in keys]
+    floor = smallest_p("jonckheere", sizes)
+    if floor > rel.alpha:
+        raise Refused(
+            f"{len(keys)} settings with {'/'.join(map(str, sizes))} values cannot show a trend "
+            f"at alpha={rel.alpha:g} (the Jonckheere-Terpstra test's smallest p is "
+            f"{floor:.3g}): add settings or repetitions"
+        )
     increasing = rel.kind == "increasing"
-    expected = f"{rel.kind} in {samples.query.by}: Spearman rho {'>=' if increasing else '<='} " + (
-        f"{rel.min_rho:g}" if increasing else f"{-rel.min_rho:g}"
-    )
-
+    statistic, p = jonckheere_p([groups[k] for k in keys], "greater" if increasing else "less")
+    means = [float(np.mean(groups[k])) for k in keys]
     series = ", ".join(f"{k}: {fmt(m)}" for k, m in zip(keys, means, strict=True))
-    reps = min(len(groups[k]) for k in keys)
-    if rel.ends and reps > 1:
-        test = "Mann-Whitney" if rel.test == "mann_whitney" else "Welch"
-        expected += f"; last vs first apart (one-sided {test}, alpha {rel.alpha:g})"
-    observed = f"rho={rho:.2f} over {len(keys)} settings ({series}{f' {unit}' if unit else ''})"
-    if reps > 1:
-        observed += f", {reps}+ repetitions each"
-    passed = rho >= rel.min_rho if increasing else rho <= -rel.min_rho
-    reason = "" if passed else f"rho={rho:.2f} does not reach {rel.min_rho:g} in that direction"
-    details: dict[str, Any] = {"rho": rho, "keys": keys, "means": means}
-    first, last = groups[keys[0]], groups[keys[-1]]
-    if rel.ends and len(first) > 1 and len(last) > 1 and rel.test == "mann_whitney":
-        side = "greater" if increasing else "less"
-        p = float(stats.mannwhitneyu(last, first, alternative=side).pvalue)
-        details["ends_p_value"] = p
-        observed += f"; last vs first: Mann-Whitney p={p:.3g}"
-        if passed and p > rel.alpha:
-            passed = False
-            reason = (
-                f"the last setting does not differ from the first beyond the noise "
-                f"(one-sided Mann-Whitney p={p:.3g} > {rel.alpha:g})"
-            )
-    elif rel.ends and len(first) > 1 and len(last) > 1:
-        va, vb = np.asarray(last, dtype=float), np.asarray(first, dtype=float)
-        se2 = va.var(ddof=1) / va.size + vb.var(ddof=1) / vb.size
-        est = float(va.mean() - vb.mean())
-        if se2 > 0:
-            df = se2**2 / (
-                (va.var(ddof=1) / va.size) ** 2 / (va.size - 1)
-                + (vb.var(ddof=1) / vb.size) ** 2 / (vb.size - 1)
-            )
-            t = stats.t.ppf(1 - rel.alpha, df)
-            bound = est - t * math.sqrt(se2) if increasing else est + t * math.sqrt(se2)
-        else:
-            bound = est
-        ends_ok = bound > 0 if increasing else bound < 0
-        details["ends_bound"] = bound
-        observed += f"; last - first {fmt(est)}, one-sided bound {fmt(bound)}"
-        if passed and not ends_ok:
-            passed = False
-            reason = (
-                f"the last setting does not differ from the first beyond the noise "
-                f"(one-sided {100 * (1 - rel.alpha):.0f}% bound {fmt(bound)})"
-            )
+    expected = f"{rel.kind} in {samples.query.by}: one-sided Jonckheere-Terpstra p <= {rel.alpha:g}"
+    observed = (
+        f"means {series}{f' {unit}' if unit else ''} ({min(sizes)}+ values each); "
+        f"JT={statistic:g}, p={p:.3g}"
+    )
+    observed += "".join(f"; {note}" for note in dropped(values=samples))
+    passed = p <= rel.alpha
+    reason = "" if passed else f"no {rel.kind} trend at alpha={rel.alpha:g} (p={p:.3g})"
+    details = {
+        "p_value": p,
+        "statistic": statistic,
+        "keys": keys,
+        "means": means,
+        "alpha": rel.alpha,
+        "dropped": samples.missing,
+    }
     return Judgement(passed, expected, observed, reason, details)
 
 
 # --- correlations -----------------------------------------------------------------------------
 
 
-def _corr_row_ok(rel: Relation, r, low, high) -> tuple[bool, str]:
-    if r is None or low is None or high is None:
-        return False, "undefined"
-    if rel.kind == "correlated":
-        if rel.sign == "positive":
-            return low > 0 and r >= rel.min_abs_r, ""
-        return high < 0 and r <= -rel.min_abs_r, ""
-    ok = low <= 0 <= high and (rel.max_abs_r is None or abs(r) <= rel.max_abs_r)
-    return ok, ""
-
-
 def correlation_rows(rel: Relation, samples: Samples) -> list[dict]:
     """Correlation rows to judge: the table's own rows, or one computed from x and column."""
     if samples.query.table == "correlations":
-        # Every matching row: an undefined r (constant input) is a row that cannot hold.
         return [
             {
                 "label": f"{r.get('group')}: {r.get('x')} vs {r.get('y')} ({r.get('method')})",
                 "r": r.get("r"),
-                "ci_low": r.get("ci_low"),
-                "ci_high": r.get("ci_high"),
                 "n": r.get("n"),
+                "method": r.get("method") or rel.method,
                 "note": r.get("note"),
-                "n_removed": r.get("n_removed") or 0,
             }
             for r in samples.matched_rows.to_dict("records")
         ]
     if not rel.x:
         raise QueryError("a correlation over table rows needs relation.x (the x column)")
     xs = samples.rows[rel.x].tolist() if rel.x in samples.rows else [None] * samples.n
-    labels = [i if label is None else label for i, label in enumerate(row_labels(samples.rows))]
-    c = correlation(
-        xs,
-        samples.values,
-        method=rel.method,
-        iqr=samples.query.iqr_filter,
-        labels=labels,
-    )
+    c = correlation(xs, samples.values, method=rel.method)
     return [
         {
             "label": f"{rel.x} vs {samples.query.column} ({rel.method})",
             "r": c.r,
-            "ci_low": c.ci_low,
-            "ci_high": c.ci_high,
             "n": c.n,
+            "method": rel.method,
             "note": c.note,
-            "n_removed": len(c.removed),
         }
     ]
 
 
 def judge_correlation(rel: Relation, samples: Samples) -> Judgement:
+    """`correlated`: rho beyond 0 on the claimed side (one-sided Fisher-z test) and |r| >=
+    min_abs_r; `uncorrelated`: an equivalence test, the (1 - 2 alpha) Fisher-z interval of
+    rho inside (-max_abs_r, +max_abs_r). Every row must hold; the claim's p is the largest."""
     rows = correlation_rows(rel, samples)
+    level = 1 - 2 * rel.alpha
+    each = f" (each of {len(rows)})" if len(rows) > 1 else ""
     if rel.kind == "correlated":
-        expected = (
-            f"{rel.sign} correlation: 95% CI excludes 0"
-            + (f", |r| >= {rel.min_abs_r:g}" if rel.min_abs_r else "")
-            + (f" (each of {len(rows)})" if len(rows) > 1 else "")
+        expected = f"{rel.sign} rho: Fisher-z p <= {rel.alpha:g}" + (
+            f", |r| >= {rel.min_abs_r:g}" if rel.min_abs_r else ""
         )
     else:
-        expected = (
-            "no significant correlation: 95% CI contains 0"
-            + (f", |r| <= {rel.max_abs_r:g}" if rel.max_abs_r is not None else "")
-            + (f" (each of {len(rows)})" if len(rows) > 1 else "")
-        )
-    failed, undefined = [], []
+        expected = f"|rho| < {rel.max_abs_r:g}: {100 * level:.0f}% Fisher-z CI inside"
+    expected += each
+    failed, undefined, pvalues = [], [], []
     for row in rows:
-        ok, why = _corr_row_ok(rel, row["r"], row["ci_low"], row["ci_high"])
-        if why == "undefined":
+        if row["r"] is None:
             undefined.append(row)
-        elif not ok:
+            continue
+        if row["n"] is None or row["n"] < 4:
+            raise Refused(f"{row['label']}: n={row['n']}, the Fisher-z interval needs 4 points")
+        row["ci_low"], row["ci_high"] = fisher_interval(row["r"], row["n"], row["method"], level)
+        if rel.kind == "correlated":
+            p = correlation_p(row["r"], row["n"], row["method"], rel.sign, 0.0)
+            ok = p <= rel.alpha and abs(row["r"]) >= rel.min_abs_r
+        else:
+            assert rel.max_abs_r is not None
+            p = correlation_p(row["r"], row["n"], row["method"], "within", rel.max_abs_r)
+            ok = p <= rel.alpha
+        row["p"] = p
+        pvalues.append(p)
+        if not ok:
             failed.append(row)
 
     def one(row: dict) -> str:
         if row["r"] is None:
             return f"{row['label']}: undefined ({row['note'] or 'no value'})"
-        removed = f", {row['n_removed']} IQR-removed" if row["n_removed"] else ""
         return (
             f"{row['label']}: r={row['r']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}], "
-            f"n={row['n']}{removed}"
+            f"n={row['n']}, p={row['p']:.3g}"
         )
 
     if len(rows) == 1:
@@ -468,10 +502,7 @@ def judge_correlation(rel: Relation, samples: Samples) -> Judgement:
         reasons.append("does not hold for " + "; ".join(one(r) for r in failed[:3]))
     if undefined:
         reasons.append("cannot be judged for " + "; ".join(one(r) for r in undefined[:3]))
-    return Judgement(
-        not failed and not undefined,
-        expected,
-        observed,
-        " | ".join(reasons),
-        {"rows": rows},
-    )
+    details: dict[str, Any] = {"rows": rows, "alpha": rel.alpha}
+    if pvalues and not undefined:
+        details["p_value"] = max(pvalues)
+    return Judgement(not failed and not undefined, expected, observed, " | ".join(reasons), details)

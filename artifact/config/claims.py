@@ -5,6 +5,7 @@ profile: local                      # the profile these claims are for
 description: ...
 claims:
   - id: exp1.throughput_rises_with_seqs.eager   # unique, [a-z0-9_.-]
+    kind: result                               # or completeness
     statement: Output throughput rises with max-num-seqs (eager).
     source: "Fig. 1 (Experiment 1)"            # report section or figure it comes from
     experiment: config_sweep                   # optional: SKIP when the profile disables it
@@ -16,7 +17,7 @@ claims:
         max_num_batched_tokens: $profile.experiments.config_sweep.fixed_max_num_batched_tokens
       column: output_throughput
       by: max_num_seqs
-    relation: {kind: increasing, min_rho: 0.9}
+    relation: {kind: increasing}
 ```
 
 A claim has a `quantity` and exactly one of
@@ -32,10 +33,15 @@ Tolerances (`tolerance:`): `rel` / `abs` for both sides, or `rel_lower`, `rel_up
 `abs_lower`, `abs_upper` per side; the band of a side is the wider of its relative
 (`rel x |value|`) and absolute allowances; a side with neither is exact.
 
+Every claim has a `kind`: `completeness` (the run is whole: counts, totals, provenance,
+values the profile or the seed fix) or `result` (what the experiment found: a value that
+could have come out otherwise). The claims table shows them apart.
+
 Optional: `per_row: true` (a value claim holds for every matching row, not only for the
 reduced value), `depends_on: [ids]` (premises: a claim whose premise FAILs is FAIL, one whose
 premise is SKIP is SKIP), `xfail: reason` (a known failure: FAIL becomes XFAIL with the
-reason), `stability: text` (the evidence that a timing claim is robust).
+reason; one that holds is XPASS, a failure: the documented findings changed),
+`stability: text` (the evidence that a timing claim is robust).
 
 Queries (`quantity:`, and `relation.other:`): `table` (runs, correlations, per_layer,
 summary, expert_loads, legacy, default_vs_legacy, datasets, provenance, eplb, eplb_runs),
@@ -44,8 +50,12 @@ summary, expert_loads, legacy, default_vs_legacy, datasets, provenance, eplb, ep
 conditions; `$profile.<dotted.path>` a value of the profile), `column`, `reduce` (mean,
 median, sum, min, max, count, std, cv, range, max_gap, nunique, first; count and nunique
 also take non-numeric columns), `by` (group rows
-by a column: trends, pairing) and `iqr_filter` (drop the 1.5 x IQR outliers of `column`,
-reported).
+by a column: trends, pairing) and `iqr_filter` (value claims only: drop the 1.5 x IQR
+outliers of `column`, reported).
+
+Two files for the perlmutter profile: `perlmutter.yaml` states what a correct new run must
+show; `study-audit.yaml` (STUDY_AUDIT, the default with `check --from-study`) judges the
+study's own claims on its own data, each known defect an `xfail`.
 """
 
 from __future__ import annotations
@@ -170,18 +180,14 @@ class Relation(Strict):
     # Non-inferiority / equivalence margin, relative to |mean of b| or absolute.
     margin_rel: float | None = Field(None, ge=0)
     margin_abs: float | None = Field(None, ge=0)
-    # Trends: Spearman's rho over the group means (groups: quantity.by) must reach min_rho
-    # in the claimed direction; with repetitions, `ends` also requires the first and last
-    # groups to differ in that direction (one-sided Welch at alpha, or Mann-Whitney with
-    # test: mann_whitney).
-    min_rho: float = Field(0.8, ge=-1, le=1)
-    ends: bool = True
-    # Correlations: x column (y is quantity.column), method, sign, and size limits.
+    # Trends (groups: quantity.by, in order) take the Jonckheere-Terpstra test at alpha.
+    # Correlations: x column (y is quantity.column), method, sign, and size limits;
+    # `uncorrelated` needs max_abs_r, the margin |rho| must be shown to stay below.
     x: str | None = None
     method: Literal["spearman", "pearson"] = "spearman"
     sign: Literal["positive", "negative"] = "positive"
     min_abs_r: float = Field(0.0, ge=0, le=1)
-    max_abs_r: float | None = Field(None, ge=0, le=1)
+    max_abs_r: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _fields(self) -> Relation:
@@ -192,6 +198,16 @@ class Relation(Strict):
             self.margin_rel is None and self.margin_abs is None
         ):
             raise ValueError(f"relation '{self.kind}' needs margin_rel or margin_abs")
+        if self.kind == "uncorrelated" and self.max_abs_r is None:
+            raise ValueError(
+                "relation 'uncorrelated' needs max_abs_r: the margin |rho| must stay below "
+                "(a correlation whose interval merely contains 0 is not shown to be absent)"
+            )
+        if self.kind not in two_sample and "test" in self.model_fields_set:
+            raise ValueError(
+                f"relation '{self.kind}' has its own test (trends: Jonckheere-Terpstra; "
+                "correlations: Fisher z); drop 'test'"
+            )
         return self
 
 
@@ -199,6 +215,9 @@ class Claim(Strict):
     id: str
     statement: str
     source: str
+    # completeness: the run is whole (counts, totals, provenance; fixed by construction);
+    # result: what the experiment found, a value that could have come out otherwise.
+    kind: Literal["completeness", "result"]
     experiment: Literal["config_sweep", "eplb_ablation", "imbalance"] | None = None
     quantity: Query
     expect: Reference | None = None
@@ -230,6 +249,14 @@ class Claim(Strict):
             raise ValueError("'hardware' needs at least one pattern: reference")
         if self.per_row and self.relation is not None:
             raise ValueError("per_row goes with value claims, not relations")
+        if self.relation is not None:
+            queries = [self.quantity, self.relation.other]
+            if any(q is not None and (q.iqr_filter or q.where.get("iqr_filter")) for q in queries):
+                raise ValueError(
+                    "a relation is judged on every row: drop the 1.5 x IQR filter (rank tests "
+                    "and rank correlations are robust to outliers already, and the filter "
+                    "removes the very points a trend or correlation is about)"
+                )
         return self
 
 
@@ -292,10 +319,16 @@ def load_claims(path: str | Path) -> ClaimsFile:
     return parse_claims(read_yaml(path), path)
 
 
-def claims_path(profile: Profile, override: str | Path | None = None) -> Path:
-    """`override` (a path given on the command line), else the profile's `expected_results`
-    (relative to the checkout root)."""
+STUDY_AUDIT = Path("expected_results") / "study-audit.yaml"
+
+
+def claims_path(
+    profile: Profile, override: str | Path | None = None, *, study: bool = False
+) -> Path:
+    """`override` (a path given on the command line), else the audit's claims for the
+    study's own data (`study`), else the profile's `expected_results` (relative to the
+    checkout root)."""
     if override is not None:
         return Path(override).resolve()
-    path = Path(profile.expected_results)
+    path = STUDY_AUDIT if study else Path(profile.expected_results)
     return path if path.is_absolute() else project_root() / path

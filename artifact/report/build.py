@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from artifact.checker import CLAIMS_COLUMNS, ClaimResult, claims_rows, summary_line
+from artifact.checker import (
+    CLAIMS_COLUMNS,
+    READING,
+    ClaimResult,
+    by_kind,
+    claims_rows,
+    summary_line,
+)
 from artifact.checker.tables import RunTables
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
@@ -277,12 +284,17 @@ def make_report(
     else:
         report.para("No provenance records in this run directory.")
     report.heading("Findings")
+    failed = claim_findings(claims)
+    if failed:
+        report.para("Claims that do not hold (see Claims for every verdict):")
+        report.bullets(failed)
     if findings:
+        report.para("From the servers' provenance and the data:")
         report.bullets(
             [f"**{f['severity']}** `{f['id']}`: {f['finding']} ({f['evidence']})" for f in findings]
         )
-    else:
-        report.para("No provenance or data findings.")
+    if not failed and not findings:
+        report.para("No failed claims, no provenance or data findings.")
     by_section: dict[str, list[Figure]] = {}
     for fig in figures:
         by_section.setdefault(fig.section, []).append(fig)
@@ -303,6 +315,35 @@ def make_report(
         for fig in by_section.get(section, []):
             report.figure(fig)
     report.heading("Claims")
-    report.para(f"{summary_line(claims)} (verdicts of `check/claims.json`).")
-    report.table(list(CLAIMS_COLUMNS), claims_rows(claims))
+    report.para(f"{summary_line(claims)} (verdicts of `check/claims.json`). {READING}")
+    for title, part in by_kind(claims):
+        report.heading(title, 3)
+        report.para(summary_line(part))
+        report.table(list(CLAIMS_COLUMNS), claims_rows(part))
     return report
+
+
+MEANING: dict[str, str | dict[str, str]] = {
+    "FAIL": {
+        "completeness": "the run is not whole: the results resting on it are no evidence",
+        "result": "the run does not show this result",
+    },
+    "XPASS": "a documented failure now holds: the findings changed",
+    "XFAIL": "a known failure, documented in the claims file",
+}
+
+
+def meaning(claim: ClaimResult) -> str:
+    text = MEANING[claim.verdict]
+    return text if isinstance(text, str) else text[claim.kind]
+
+
+def claim_findings(claims: list[ClaimResult]) -> list[str]:
+    """One line per claim that does not hold (FAIL, XPASS, XFAIL): what it means, why."""
+    return [
+        f"**{c.verdict}** `{c.id}` ({c.kind}): {c.statement.rstrip('.')}; {meaning(c)}. "
+        f"Observed {c.observed or 'nothing'}" + (f"; {c.reason}" if c.reason else "")
+        for verdict in ("FAIL", "XPASS", "XFAIL")
+        for c in claims
+        if c.verdict == verdict
+    ]

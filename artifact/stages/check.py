@@ -2,15 +2,16 @@
 
 Loads `expected_results/<profile>.yaml` (artifact.config.claims), evaluates each claim's
 query over the run directory's tidy tables and judges it (artifact.checker.rules): PASS,
-FAIL, SKIP or XFAIL, with expected and observed values and the reason. Prints the claims
-table and the provenance findings (artifact.study.audit), writes `check/claims.json`
+FAIL, SKIP, XFAIL or XPASS, with expected and observed values and the reason. Prints the
+claims table and the provenance findings (artifact.study.audit), writes `check/claims.json`
 (verdicts, counts, hardware, findings; the plots stage's report reads it) and
-`check/claims.md`, and ends with exit code 1 when any claim FAILs (the stage itself is
-complete: its verdict is recorded, not an error).
+`check/claims.md`, and ends with exit code 1 when any claim FAILs or XPASSes (the stage
+itself is complete: its verdict is recorded, not an error).
 
-`--from-study DIR` is the audit: the study's own claims (`--profile perlmutter`) judged on
-the study's own raw data, imported as the run's tables by the study-import stage first
-(artifact.study.layout), plus the provenance findings from its server logs.
+`--from-study DIR` is the audit: the study's own claims (`expected_results/study-audit.yaml`
+unless --claims says otherwise, each known defect an xfail) judged on the study's own raw
+data, imported as the run's tables by the study-import stage first (artifact.study.layout),
+plus the provenance findings from its server logs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class CheckStage(Stage):
         return [imported, CheckStage(study=imported.study)]
 
     def extra_inputs(self, ctx: StageContext) -> dict[str, str]:
-        path = claims_path(ctx.profile, getattr(ctx.args, "claims", None))
+        path = claims_path(
+            ctx.profile, getattr(ctx.args, "claims", None), study=self.study is not None
+        )
         return {f"claims:{path.name}": sha256_file(path) if path.exists() else "missing"}
 
     def run(self, ctx: StageContext) -> StageOutcome:
@@ -77,6 +80,7 @@ class CheckStage(Stage):
             check_run,
             claims_markdown,
             counts,
+            failing,
             payload,
             rich_table,
             summary_line,
@@ -86,7 +90,10 @@ class CheckStage(Stage):
 
         check_fresh(ctx.run_dir, self.upstream)
         results, claims_file, tables = check_run(
-            ctx.run_dir.path, ctx.profile, getattr(ctx.args, "claims", None)
+            ctx.run_dir.path,
+            ctx.profile,
+            getattr(ctx.args, "claims", None),
+            study=self.study is not None,
         )
         found = findings(tables)
         hardware = tables.hardware()
@@ -118,10 +125,10 @@ class CheckStage(Stage):
                 f"{escape(f['id'])}: {escape(f['finding'])}",
                 soft_wrap=True,
             )
-        failed = [r.id for r in results if r.verdict == "FAIL"]
+        failed = failing(results)
         return StageOutcome(
             summary=f"{summary_line(results)}"
-            + (f" (FAIL: {', '.join(failed)})" if failed else "")
+            + (f" (FAIL or XPASS: {', '.join(failed)})" if failed else "")
             + f"; {ctx.layout.claims_md}",
             details={
                 "counts": counts(results),

@@ -53,7 +53,7 @@ def test_all_claims_hold_and_skips_say_why(run, capsys):
     assert "no reference for hardware 'cpu'" in by_id["exp1.a100_only"]["reason"]
     assert by_id["exp1.known_failure"]["reason"].startswith("known: kept to show XFAIL")
     assert data["passed"] is True and data["hardware"] == "cpu"
-    assert data["counts"] == {"PASS": 4, "FAIL": 0, "SKIP": 2, "XFAIL": 1}
+    assert data["counts"] == {"PASS": 4, "FAIL": 0, "SKIP": 2, "XFAIL": 1, "XPASS": 0}
     err = capsys.readouterr().err
     assert "4 PASS, 2 SKIP, 1 XFAIL" in err
     assert (run / "check" / "claims.md").read_text().count("| `") == 7
@@ -77,8 +77,8 @@ def test_ttft_times_three_fails_the_matching_claim(run, capsys):
     claim = by_id["exp1.grouped_ttft_not_worse"]
     assert claim["verdict"] == "FAIL"
     assert claim["expected"].startswith("a <= b (margin 38")
-    assert "a 496 ms (n=3) vs b 380 ms (n=3)" in claim["observed"]
-    assert "upper bound" in claim["reason"]
+    assert "a 496 ms vs b 380 ms (n=3 vs n=3)" in claim["observed"]
+    assert "Welch t test at alpha=0.05 does not support it" in claim["reason"]
     assert [k for k, v in by_id.items() if v["verdict"] == "FAIL"] == [claim["id"]]
     assert data["passed"] is False
     # Unchanged inputs: the stage is skipped, the recorded failure still exits 1.
@@ -107,7 +107,7 @@ def test_bad_claims_file_is_one_line(run, tmp_path, capsys):
     run, args = run
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "profile: local\nclaims:\n  - id: x.y\n    statement: s\n    source: s\n"
+        "profile: local\nclaims:\n  - id: x.y\n    kind: result\n    statement: s\n    source: s\n"
         "    quantity: {table: runs, column: a}\n    relation: {kind: less}\n"
     )
     assert main(["check", *args, "--claims", str(bad)]) == 2

@@ -47,6 +47,10 @@ def test_every_figure_and_the_report(plotted):
     assert "4 PASS, 2 SKIP, 1 XFAIL" in md and "| `exp1.ttft_falls` |" in md
     for section in ("## Profile", "## Provenance", "## Findings", "## Claims"):
         assert section in md
+    # Completeness and results apart; every claim that does not hold is a finding.
+    assert md.index("### Completeness") < md.index("### Results")
+    findings = md[md.index("## Findings") : md.index("## Experiment 1")]
+    assert "**XFAIL** `exp1.known_failure` (result): a known failure" in findings
 
 
 def test_iqr_filter_is_reported(plotted, tmp_path):

@@ -125,14 +125,18 @@ def study(tmp_path_factory) -> Path:
 def test_audit_and_figures_from_the_study_layout(study, tmp_path):
     run = tmp_path / "run"
     code = main(["check", "--from-study", str(study), "--run-dir", str(run)])
-    assert code == 1
     data = json.loads((run / "check" / "claims.json").read_text())
     verdicts = {c["id"]: c["verdict"] for c in data["claims"]}
     assert data["hardware"] == "nvidia-a100-x4"
-    assert verdicts["exp2.eplb_enabled"] == "FAIL"
-    assert verdicts["exp2.fused_moe_total_change"] == "FAIL"  # on its premise
-    assert verdicts["exp1.one_engine_build"] == "FAIL"
-    assert verdicts["exp3.all2all_tpot_higher"] == "PASS"
+    # The audit's claims (expected_results/study-audit.yaml): the study's defects are XFAIL.
+    assert verdicts["exp2.eplb_enabled"] == "XFAIL"
+    assert verdicts["exp2.fused_moe_total_change"] == "XFAIL"  # on its premise
+    assert verdicts["exp1.one_engine_build"] == "XFAIL"
+    # 5 datasets: the Wilcoxon test's p = 1/32 alone, not after Holm over Experiment 3's 5
+    # tests; an unmarked FAIL on this layout, so the audit exits 1.
+    tpot = next(c for c in data["claims"] if c["id"] == "exp3.all2all_tpot_higher")
+    assert tpot["verdict"] == "FAIL" and "Holm" in tpot["reason"]
+    assert code == 1
     ids = {f["id"] for f in data["findings"]}
     assert {"eplb_not_enabled", "no_flashinfer_moe_kernel", "no_repetitions"} <= ids
     # plots on the same run directory: the import is up to date and is not redone
