@@ -220,7 +220,8 @@ def _run_elsewhere(stage: Stage, ctx: StageContext) -> str:
     ctx.exit_codes[stage.name] = outcome.exit_code
     console.print(
         f"[green]{stage.name}[/]: {outcome.summary} (written to {ctx.stage_dir(stage.name)}; "
-        "the run directory is not changed)"
+        "the run directory is not changed)",
+        soft_wrap=True,
     )
     return "complete"
 
@@ -247,7 +248,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         where = set_aside(ctx, name, redo)
         console.print(
             f"[yellow]{name}[/]: redoing {', '.join(str(p.relative_to(out_dir)) for p in redo)} "
-            f"as asked; its files are moved to {where}"
+            f"as asked; its files are moved to {where}",
+            soft_wrap=True,
         )
     damaged: list[str] = []
     if record and record.status == "complete" and unchanged and not ctx.force:
@@ -258,7 +260,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
             console.print(
                 f"[yellow]{name}[/]: {len(damaged)} output file(s) missing or damaged since it "
                 f"completed: {describe(damaged, record.outputs, current)}; damaged ones moved "
-                f"to {where}; redoing only what they belong to"
+                f"to {where}; redoing only what they belong to",
+                soft_wrap=True,
             )
         elif covered and not redo:
             what = f" for {', '.join(selection)}" if selection else ""
@@ -276,7 +279,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
         )
         where = set_aside(ctx, name, [out_dir])
         console.print(
-            f"[yellow]{name}[/]: {why}; its earlier outputs are moved to {where}; redoing it"
+            f"[yellow]{name}[/]: {why}; its earlier outputs are moved to {where}; redoing it",
+            soft_wrap=True,
         )
         done = []
     elif ctx.force:
@@ -310,6 +314,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
     try:
         outcome = stage.run(ctx)
     except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(out_dir)  # a write() that failed names no file: name the stage's
         message = (
             str(exc)
             if isinstance(exc, ArtifactError)

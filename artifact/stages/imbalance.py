@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifact.core.console import console, track
+from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import UnitDir
 from artifact.core.records import DatasetMetadata, ResultFile, UnitRecord, read_record
@@ -44,11 +45,20 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
     scores = read_record(layout.dataset_metadata, DatasetMetadata).scores()
     out = []
     for record in layout.bench_unit_records():
-        unit = read_record(record, UnitRecord)
+        key = record.parent.relative_to(bench).as_posix()
+        redo = f"rerun `moe-artifact bench --redo {key}`"
+        unit = read_record(record, UnitRecord, redo)
         folder = UnitDir(record.parent)
         for run in unit.runs:
             result_path = folder.path / run.result
-            result = read_record(result_path, ResultFile, "rerun `moe-artifact bench --force`")
+            result = read_record(result_path, ResultFile, redo)
+            missing = [k for k in PERF_KEYS if result.get(k) is None]
+            if missing:
+                raise ArtifactError(
+                    f"required field is missing (every moe-artifact result has it); {redo}",
+                    path=result_path,
+                    where=f"field '{missing[0]}'",
+                )
             row = {
                 "run": f"{folder.path.relative_to(bench).as_posix()}/rep{run.repetition:02d}",
                 "experiment": unit.experiment,
