@@ -52,12 +52,12 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
         for run in unit.runs:
             result_path = folder.path / run.result
             result = read_record(result_path, ResultFile, redo)
-            missing = [k for k in PERF_KEYS if result.get(k) is None]
-            if missing:
+            tokens = result.get("total_input_tokens")
+            if not isinstance(tokens, int):
                 raise ArtifactError(
-                    f"required field is missing (every moe-artifact result has it); {redo}",
+                    f"expected the number of prompt tokens, got {tokens!r}; {redo}",
                     path=result_path,
-                    where=f"field '{missing[0]}'",
+                    where="field 'total_input_tokens'",
                 )
             row = {
                 "run": f"{folder.path.relative_to(bench).as_posix()}/rep{run.repetition:02d}",
@@ -69,7 +69,7 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
                 "predicted_score": scores.get(unit.dataset) if unit.dataset else None,
                 "repetition": run.repetition,
                 "result": result_path.relative_to(layout.root).as_posix(),
-                "mean_input_tokens": result.get("total_input_tokens") / max(result.completed, 1),
+                "mean_input_tokens": tokens / max(result.completed, 1),
             }
             row.update({k: result.get(k) for k in PERF_KEYS})
             for lat in METRICS:

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -162,7 +164,9 @@ def test_redo_one_unit(run, capsys):
     before = units(run_dir)
     victim, kept = sorted(before)
     assert main(["bench", *args, "--redo", victim]) == 0
-    assert f"redoing {victim} as asked" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"redoing {victim} as asked" in err
+    assert f"  bench: 1/1 done ({victim}, " in err and "0 left, ETA 0:00:00" in err  # no tty
     after = units(run_dir)
     assert after[kept] == before[kept] and after[victim] != before[victim]
     assert list(run_dir.glob(f"bench.old-*/{victim}/unit.json"))
@@ -181,7 +185,9 @@ def test_reader_names_file_and_field_of_a_result_missing_a_key(run):
     data = json.loads(result.read_text())
     del data["total_input_tokens"]
     result.write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match=r"run.rep00.json:field 'total_input_tokens': required"):
+    with pytest.raises(
+        ArtifactError, match=r"run.rep00.json:field 'total_input_tokens': expected the number"
+    ):
         run_rows(ctx)
     unit = result.parent / "unit.json"
     unit.write_text("{}")
@@ -191,20 +197,26 @@ def test_reader_names_file_and_field_of_a_result_missing_a_key(run):
         run_rows(ctx)
 
 
-def mount(*argv: str) -> None:
-    done = subprocess.run(["mount", *argv], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"mount {' '.join(argv)} refused here: {done.stderr.strip()}")
+@contextmanager
+def mounted(target: Path, *argv: str, then: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`mount *argv target` (then `mount *then target`), unmounted after; skip with the
+    reason where mounting is refused (not root, or a sandbox without CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs or a read-only bind needs root (root ignores chmod)")
+    target.mkdir()
+    try:
+        for args in (argv, then) if then else (argv,):
+            done = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True)
+            if done.returncode:
+                pytest.skip(f"mount {' '.join(args)} refused here: {done.stderr.strip()}")
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
 
 
 def test_full_disk_is_one_line_and_keeps_every_unit(run, tmp_path, capsys):
-    if os.geteuid() != 0:
-        pytest.skip("a small tmpfs needs root to mount")
     run_dir, args = run
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
-    try:
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=4m", "tmpfs") as disk:
         full = disk / "run"
         shutil.copytree(run_dir, full)
         before = units(full)
@@ -221,19 +233,11 @@ def test_full_disk_is_one_line_and_keeps_every_unit(run, tmp_path, capsys):
         victim = sorted(before)[0]
         assert main(["bench", *args, "--redo", victim]) == 0
         assert sorted(units(full)) == sorted(before)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_read_only_run_dir_is_checked_and_reported_elsewhere(run, tmp_path, capsys):
-    if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root (root ignores chmod)")
     run_dir, args = run
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    mount("--bind", str(run_dir), str(ro))
-    try:
-        mount("-o", "remount,bind,ro", str(ro))
+    with mounted(tmp_path / "ro", "--bind", str(run_dir), then=("-o", "remount,bind,ro")) as ro:
         args = [*args[:2], "--run-dir", str(ro)]
         manifest = (ro / "manifest.json").read_bytes()
         assert main(["check", *args]) == 2
@@ -246,8 +250,6 @@ def test_read_only_run_dir_is_checked_and_reported_elsewhere(run, tmp_path, caps
         assert (out / "plots" / "report.html").is_file()
         assert (ro / "manifest.json").read_bytes() == manifest
         assert not (ro / "check").exists() and not (ro / "plots").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_hostile_mode_name_is_refused_at_load(tmp_path, capsys):
