@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import nox
@@ -59,13 +60,17 @@ def _python(session: nox.Session, extras: str) -> str:
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(env_dir), external=True)
     if not stamp.exists() or stamp.read_text() != want:
+        session.log(
+            f"installing the artifact with extras [{extras}] and its dependencies into "
+            f"{env_dir} (pip, progress below; the first time takes minutes)"
+        )
+        t0 = time.monotonic()
         session.run(
             str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True
         )
-        session.run(
-            str(python), "-m", "pip", "install", "--quiet", "-e", f".[{extras}]", external=True
-        )
+        session.run(str(python), "-m", "pip", "install", "-e", f".[{extras}]", external=True)
         stamp.write_text(want)
+        session.log(f"installed [{extras}] into {env_dir} in {time.monotonic() - t0:.0f} s")
     return str(python)
 
 

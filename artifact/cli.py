@@ -44,7 +44,11 @@ def _common_stage_options(parser: argparse.ArgumentParser) -> None:
         "--run-dir", type=Path, default=None, help="run directory (default: runs/<profile>)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="redo the stage even if its record says complete"
+        "--force",
+        action="store_true",
+        help="redo the stage even if its record says complete, deleting its outputs first "
+        "(without --force nothing is deleted: outputs made from changed inputs, or damaged, are "
+        "moved to <run-dir>/<stage>.old-<time>/)",
     )
 
 
@@ -53,8 +57,10 @@ def _context(args: argparse.Namespace) -> StageContext:
     from artifact.core.manifest import RunDir
 
     profile = load_profile(args.profile or default_profile_name())
-    run_dir = RunDir(args.run_dir or Path("runs") / profile.name)
-    return StageContext(profile=profile, run_dir=run_dir, force=args.force, args=args)
+    out = getattr(args, "out", None)  # check/plots: write there, not in the run directory
+    elsewhere = {name: out / name for name in ("check", "plots")} if out else None
+    run_dir = RunDir(args.run_dir or Path("runs") / profile.name, elsewhere)
+    return StageContext(profile=profile, run_dir=run_dir, force=args.force, args=args, out=out)
 
 
 def _exit_code(ctx: StageContext, names: list[str]) -> int:
@@ -62,7 +68,7 @@ def _exit_code(ctx: StageContext, names: list[str]) -> int:
     code = 0
     for name in names:
         record = ctx.run_dir.record(name) or {}
-        code = max(code, int(record.get("exit_code") or 0))
+        code = max(code, ctx.exit_codes.get(name, int(record.get("exit_code") or 0)))
     return code
 
 
@@ -331,13 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from artifact.core.console import console
-    from artifact.core.errors import ArtifactError
+    from artifact.core.errors import ArtifactError, disk_error
 
     try:
         return int(args.handler(args) or 0)
     except ArtifactError as exc:
         # escape: trace names like Perlmutter[baseline_8_2048] are not markup
         console.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except OSError as exc:  # a full, read-only or unwritable disk: one line, no traceback
+        if (line := disk_error(exc)) is None:
+            raise
+        console.print(f"[red]error[/]: {escape(line)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]; finished units are kept, rerun to resume")

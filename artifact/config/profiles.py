@@ -13,15 +13,30 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from artifact.config.loader import read_yaml, validate
 from artifact.core.errors import ArtifactError
+from artifact.core.layout import SAFE_NAME_RULE, safe_name
 
 PROFILE_DIR_ENV = "MOE_ARTIFACT_PROFILE_DIR"
 SLURM_TIME = re.compile(r"(\d+-)?\d{1,2}:\d{2}:\d{2}")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# Architecture fields of a seeded model that count something: each at least 1.
+ARCHITECTURE_COUNTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "max_position_embeddings",
+)
+Count = Annotated[int, Field(ge=1)]
 
 
 def project_root() -> Path:
@@ -55,6 +70,24 @@ class ModelSpec(Strict):
     architecture: dict[str, int | float] = Field(default_factory=dict)
     max_model_len: int = Field(4096, ge=16)
 
+    @field_validator("architecture")
+    @classmethod
+    def _shape(cls, arch: dict[str, int | float]) -> dict[str, int | float]:
+        for key in ARCHITECTURE_COUNTS:
+            value = arch.get(key, 1)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} is {value!r}; allowed: a whole number >= 1")
+        experts, top_k = arch.get("num_local_experts"), arch.get("num_experts_per_tok")
+        if experts is not None and top_k is not None and top_k > experts:
+            raise ValueError(
+                f"num_experts_per_tok is {top_k}, more than num_local_experts {experts}; "
+                "allowed: 1 <= num_experts_per_tok <= num_local_experts"
+            )
+        for key in ("rms_norm_eps", "rope_theta"):
+            if key in arch and not arch[key] > 0:
+                raise ValueError(f"{key} is {arch[key]!r}; allowed: a number > 0")
+        return arch
+
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSpec:
         if self.source == "hub" and not self.hub_id:
@@ -66,7 +99,9 @@ class ModelSpec(Strict):
 
 class Engine(Strict):
     kind: Literal["transformers", "vllm"]
+    # Servers listen here without authentication: loopback only, unless allow_remote_host.
     host: str = "127.0.0.1"
+    allow_remote_host: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
     startup_timeout_s: float = Field(600.0, gt=0)
     # transformers only: the share of prompt-token expert assignments a server run may route
@@ -91,6 +126,15 @@ class Engine(Strict):
     shm_size: str | None = None
     # `nsys profile --trace` for modes or experiments that ask for kernel traces.
     nsys_trace: str = "cuda,nvtx"
+
+    @model_validator(mode="after")
+    def _loopback(self) -> Engine:
+        if self.host not in LOOPBACK and not self.allow_remote_host:
+            raise ValueError(
+                f"host is {self.host!r}; allowed: {', '.join(LOOPBACK)} (the servers have no "
+                "authentication); set engine.allow_remote_host: true to listen on another address"
+            )
+        return self
 
 
 class EplbSettings(Strict):
@@ -147,7 +191,9 @@ class BenchSpec(Strict):
     repeat: int = Field(1, ge=1)
     seed: int = 0
     request_timeout_s: float = Field(600.0, gt=0)
-    metric_percentiles: list[float] = Field(default_factory=lambda: [50.0, 90.0, 99.0])
+    metric_percentiles: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
+        default_factory=lambda: [50.0, 90.0, 99.0]
+    )
 
     @field_validator("request_rate")
     @classmethod
@@ -161,13 +207,13 @@ class ConfigSweep(Strict):
     """Experiment 1: max-num-seqs x max-num-batched-tokens, one server per (mode, config)."""
 
     enabled: bool = True
-    modes: list[str]
-    max_num_seqs: list[int]
-    max_num_batched_tokens: list[int]
+    modes: list[str] = Field(min_length=1)
+    max_num_seqs: list[Count] = Field(min_length=1)
+    max_num_batched_tokens: list[Count] = Field(min_length=1)
     # The study's cross: vary one knob at the other's fixed value. `full` runs the whole grid.
     grid: Literal["cross", "full"] = "cross"
-    fixed_max_num_seqs: int
-    fixed_max_num_batched_tokens: int
+    fixed_max_num_seqs: Count
+    fixed_max_num_batched_tokens: Count
     prompts: int = Field(50, ge=1)
     bench: BenchSpec = Field(default_factory=BenchSpec)
 
@@ -178,8 +224,8 @@ class EplbAblation(Strict):
     enabled: bool = True
     skip_reason: str | None = None
     modes: list[str] = Field(default_factory=list)
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 8192
+    max_num_seqs: Count = 32
+    max_num_batched_tokens: Count = 8192
     # Prompts of datasets/eplb_prompts.jsonl (drawn like the sweep's, another seed stream).
     prompts: int = Field(50, ge=1)
     # One profiled pass per mode (its own server under `nsys profile`) after the timed runs.
@@ -197,12 +243,19 @@ class ImbalanceSensitivity(Strict):
     """Experiment 3: one server per mode reused across the generated datasets."""
 
     enabled: bool = True
-    modes: list[str]
+    modes: list[str] = Field(min_length=1)
     # How many of the generated datasets to run, chosen evenly over the score range.
     datasets: int | Literal["all"] = "all"
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 8192
+    max_num_seqs: Count = 32
+    max_num_batched_tokens: Count = 8192
     bench: BenchSpec = Field(default_factory=BenchSpec)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if value != "all" and (type(value) is not int or value < 1):
+            raise ValueError(f"got {value!r}; allowed: a whole number >= 1, or 'all'")
+        return value
 
 
 class Experiments(Strict):
@@ -286,6 +339,26 @@ class Profile(Strict):
     experiments: Experiments = Field(default_factory=Experiments)
     slurm: SlurmSpec | None = None
     expected_results: str
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not safe_name(name):
+            raise ValueError(f"got {name!r}; allowed: {SAFE_NAME_RULE} (it names runs/<name>)")
+        return name
+
+    @field_validator("modes")
+    @classmethod
+    def _mode_names(cls, modes: dict[str, Mode]) -> dict[str, Mode]:
+        for name in modes:
+            if not safe_name(name):
+                raise ValueError(
+                    f"mode name {name!r} is not allowed: it names a folder of the run directory; "
+                    f"allowed: {SAFE_NAME_RULE}"
+                )
+        if not modes:
+            raise ValueError("no modes; allowed: at least one named server configuration")
+        return modes
 
     @model_validator(mode="after")
     def _modes_exist(self) -> Profile:

@@ -6,6 +6,7 @@ anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ class FieldProblem(ValueError):
         self.field, self.message = field, message
 
 
+# pydantic's range errors, said as the allowed range (ctx holds the bound by its short name).
+BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
 def explain(err: Mapping[str, Any]) -> tuple[str | None, str]:
     """(field path, what is wrong) of one pydantic validation error, for one line."""
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
@@ -59,6 +69,9 @@ def explain(err: Mapping[str, Any]) -> tuple[str | None, str]:
         msg = "required field is missing"
     elif kind == "literal_error" and "expected" in ctx:
         msg = f"got {err.get('input')!r}; allowed: {ctx['expected']}"
+    elif kind in BOUNDS and BOUNDS[kind][1] in ctx:
+        sign, bound = BOUNDS[kind]
+        msg = f"got {err.get('input')!r}; allowed: {sign} {ctx[bound]}"
     elif kind == "value_error":
         msg = str(cause) if cause is not None else msg.removeprefix("Value error, ")
     elif "input" in err and kind != "assertion_error":
@@ -70,3 +83,24 @@ def more_errors(errors: Sequence[object]) -> str:
     """` (and N more errors)` when a validation found more than the one explained."""
     more = len(errors) - 1
     return f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+
+
+# What to do when the disk refuses a write, by errno.
+DISK_ERRORS = {
+    errno.ENOSPC: "free some space (or pick a --run-dir elsewhere) and rerun; finished units "
+    "are kept",
+    errno.EDQUOT: "free some of your quota (or pick a --run-dir elsewhere) and rerun; finished "
+    "units are kept",
+    errno.EROFS: "pick a writable --run-dir; `check` and `plots` can write to another folder "
+    "with --out DIR",
+    errno.EACCES: "make it writable or pick another --run-dir; `check` and `plots` can write "
+    "to another folder with --out DIR",
+}
+
+
+def disk_error(exc: OSError) -> str | None:
+    """One line for a write the disk refused (full, read-only, no permission), else None."""
+    todo = DISK_ERRORS.get(exc.errno) if exc.errno is not None else None
+    if todo is None:
+        return None
+    return f"{exc.filename or 'a file'}: {exc.strerror}; {todo}"

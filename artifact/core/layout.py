@@ -18,15 +18,25 @@ kernels/, parallel/ (GPU stages: replay_loads.json, summary.json, torchrun.log)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifact.core.errors import ArtifactError
 from artifact.core.tables import table_file
 
 RUN_LABEL = "run"  # measured runs: run.repNN.json and run.repNN.routing
 PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
 UNIT_RECORD = "unit.json"
 PROVENANCE = "provenance.json"
+# A name that becomes one path component (profile, mode, experiment, dataset, image).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SAFE_NAME_RULE = "letters, digits, '_', '.', '-', starting with a letter or digit, no '..'"
+SET_ASIDE = ".old-"  # `<stage>.old-<time>/`: outputs moved aside, never deleted silently
+
+
+def safe_name(name: str) -> bool:
+    return bool(SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True)
@@ -88,12 +98,29 @@ class UnitDir:
 class RunLayout:
     """The run directory's paths; see the module docstring for the tree."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, elsewhere: dict[str, Path] | None = None):
         self.root = Path(root)
+        # Stages whose outputs go to another folder (check, plots on a read-only run dir).
+        self.elsewhere = elsewhere or {}
+
+    def inside(self, *names: str) -> Path:
+        """root/<names...>, each a safe name (a hostile mode or file name cannot leave root)."""
+        for name in names:
+            if not safe_name(name):
+                raise ArtifactError(
+                    f"{name!r} cannot name a folder of the run directory; allowed: "
+                    + SAFE_NAME_RULE,
+                    path=self.root,
+                )
+        return self.root.joinpath(*names)
 
     def stage(self, name: str) -> Path:
         """The folder of a stage's outputs."""
-        return self.root / name
+        return self.elsewhere.get(name) or self.inside(name)
+
+    def set_aside(self, stage: str, stamp: str) -> Path:
+        """`<stage>.old-<stamp>/`: where outputs that are no longer current are moved."""
+        return self.inside(f"{stage}{SET_ASIDE}{stamp}")
 
     # manifest
     @property
@@ -120,11 +147,11 @@ class RunLayout:
 
     def image_record(self, name: str, suffix: str = "json") -> Path:
         """`install/images/<name>.<suffix>`: one built image (`.build.json`: the build's info)."""
-        return self.stage("install") / "images" / f"{name}.{suffix}"
+        return self.inside("install", "images", f"{name}.{suffix}")
 
     def install_log(self, name: str) -> Path:
         """`install/logs/<name>.log`: an image build or the weights download."""
-        return self.stage("install") / "logs" / f"{name}.log"
+        return self.inside("install", "logs", f"{name}.log")
 
     # datasets
     @property
@@ -133,7 +160,7 @@ class RunLayout:
 
     def dataset(self, filename: str) -> Path:
         """A dataset file, by the name metadata.json gives it."""
-        return self.stage("datasets") / filename
+        return self.inside("datasets", filename)
 
     def dataset_files(self) -> list[Path]:
         """The suite's dataset files now on disk (`NNN_<score>.jsonl`)."""
@@ -149,15 +176,15 @@ class RunLayout:
 
     # serve
     def serve_mode(self, mode: str) -> UnitDir:
-        return UnitDir(self.stage("serve") / mode)
+        return UnitDir(self.inside("serve", mode))
 
     # bench
     def bench_experiment(self, experiment: str) -> Path:
-        return self.stage("bench") / experiment
+        return self.inside("bench", experiment)
 
     def bench_unit(self, key: str) -> UnitDir:
         """A unit's folder: `<experiment>/<mode>[/<limits label or dataset>]` under bench/."""
-        return UnitDir(self.stage("bench") / key)
+        return UnitDir(self.inside("bench", *key.split("/")))
 
     def bench_unit_records(self) -> list[Path]:
         """Every finished timed unit's `unit.json`, in path order."""

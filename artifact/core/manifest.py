@@ -44,9 +44,9 @@ def hash_tree(root: Path, base: Path) -> dict[str, str]:
 class RunDir:
     """`runs/<profile>/` by default: one folder per stage plus manifest.json."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, elsewhere: dict[str, Path] | None = None):
         self.path = Path(path)
-        self.layout = RunLayout(self.path)
+        self.layout = RunLayout(self.path, elsewhere)
 
     @property
     def manifest_path(self) -> Path:

@@ -69,7 +69,12 @@ def read_record(path: str | Path, model: type[R], hint: str | None = None) -> R:
 
 def write_record(path: str | Path, record: Record) -> None:
     """Write atomically; only fields given or read are written, so a file reads back equal."""
-    atomic_write_json(path, record.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    try:
+        atomic_write_json(path, record.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    except OSError as exc:
+        if exc.filename is None:  # a write() on a full disk names no file
+            exc.filename = str(path)
+        raise
 
 
 # --- manifest.json --------------------------------------------------------------------------

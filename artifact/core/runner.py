@@ -1,9 +1,19 @@
 """The stage runner.
 
 Each stage is a `Stage` subclass (its instance is `STAGE` in `artifact.stages.<name>`). The
-runner owns the manifest contract: skip a stage whose record is complete and whose inputs and
-profile sections are unchanged; clear and redo it on `--force` or when they changed; otherwise
-(an interrupted run) let the stage resume at its first unfinished unit.
+runner owns the manifest contract:
+
+- skip a stage whose record is complete, whose inputs and profile sections are unchanged and
+  whose outputs still have the hashes it recorded;
+- outputs missing or damaged since then (a file cut short, a deleted folder): say which, move
+  the damaged files aside and run the stage, which redoes only what is gone (finished units
+  are kept);
+- inputs or profile sections changed: say which (file, recorded and current hash), move the
+  old outputs aside to `<stage>.old-<time>/` and redo the stage afresh; nothing is deleted
+  unless `--force` asks for it;
+- an upstream stage whose recorded outputs are damaged: one error line naming the file and
+  the stage to run (never read a half file);
+- otherwise (an interrupted run) let the stage resume at its first unfinished unit.
 
 Per-experiment stages (serve, bench) run only the experiments that
 artifact.config.profiles.selected_experiments chooses ($MOE_ARTIFACT_EXPERIMENTS: one Slurm job per
@@ -16,10 +26,14 @@ selected experiments' outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from artifact.config.profiles import (
@@ -46,6 +60,11 @@ class StageContext:
     run_dir: RunDir
     force: bool = False
     args: argparse.Namespace = field(default_factory=argparse.Namespace)
+    # Outputs set aside in this run go to `<stage>.old-<stamp>/`.
+    stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    # check/plots with --out: outputs elsewhere, the (read-only) run directory is not written.
+    out: Path | None = None
+    exit_codes: dict[str, int] = field(default_factory=dict)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir.stage_dir(name)
@@ -90,6 +109,10 @@ class Stage:
         """Hashes of inputs outside the run directory (package data, caches), keyed by name."""
         return {}
 
+    def redo_targets(self, ctx: StageContext) -> list[Path]:
+        """Outputs the user asked to redo (bench --redo UNIT): set aside, then the stage runs."""
+        return []
+
     def run(self, ctx: StageContext) -> StageOutcome:
         raise NotImplementedError
 
@@ -101,19 +124,73 @@ class Stage:
 
 
 def _inputs(stage: Stage, ctx: StageContext) -> dict[str, str]:
-    inputs = ctx.run_dir.outputs_of(stage.upstream)
+    inputs = ctx.run_dir.outputs_of(
+        tuple(u for u in stage.upstream if u not in ctx.layout.elsewhere)
+    )
     inputs.update({f"external:{k}": v for k, v in stage.extra_inputs(ctx).items()})
     return inputs
 
 
-def _check_upstream(stage: Stage, ctx: StageContext, selection: list[str] | None) -> None:
+def differences(recorded: dict[str, str], current: dict[str, str], *, added: bool) -> list[str]:
+    """Files whose hash differs from the recorded one, or that are gone (and new ones when
+    `added`), in path order."""
+    keys = set(recorded) | (set(current) if added else set())
+    return sorted(k for k in keys if recorded.get(k) != current.get(k))
+
+
+def describe(keys: list[str], recorded: dict[str, str], current: dict[str, str]) -> str:
+    """`file (sha256 ab12... recorded, now cd34...)` for the first few, then a count."""
+
+    def one(key: str) -> str:
+        old, new = recorded.get(key), current.get(key)
+        if new is None:
+            return f"{key} (missing)"
+        if old is None:
+            return f"{key} (new)"
+        return f"{key} (sha256 {old[:12]}... recorded, now {new[:12]}...)"
+
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return ", ".join(one(k) for k in keys[:3]) + more
+
+
+def set_aside(ctx: StageContext, stage: str, paths: Iterable[Path]) -> Path:
+    """Move `paths` (inside the stage's folder) to `<stage>.old-<stamp>/`, keeping their paths
+    relative to that folder; returns it. Outputs are moved, never deleted silently."""
+    base = ctx.stage_dir(stage)
+    target = ctx.layout.set_aside(stage, ctx.stamp)
+    for path in paths:
+        if not path.exists():
+            continue
+        if not path.resolve().is_relative_to(base.resolve()):
+            raise ArtifactError(f"refusing to move {path}: not inside {base}", path=path)
+        dest = target / path.relative_to(base)
+        while dest.exists():  # set aside twice in one run: keep both
+            dest = dest.with_name(dest.name + "~")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    return target
+
+
+def _check_upstream(
+    stage: Stage, ctx: StageContext, selection: list[str] | None, inputs: dict[str, str]
+) -> None:
     for up in (*stage.upstream, *stage.requires):
+        if up in ctx.layout.elsewhere:  # written by this very run (--out)
+            continue
         record = ctx.run_dir.stage_record(up)
         if record is None or record.status != "complete":
             raise ArtifactError(
                 f"stage '{stage.name}' needs stage '{up}' to be complete first; "
                 f"run `moe-artifact {up}` (or `nox -s {up}`)",
                 path=ctx.run_dir.manifest_path,
+            )
+        damaged = differences(record.outputs, inputs, added=False) if up in stage.upstream else []
+        if damaged:
+            raise ArtifactError(
+                f"stage '{stage.name}' reads stage '{up}''s files, and {len(damaged)} changed "
+                f"since '{up}' completed: {describe(damaged, record.outputs, inputs)}; run "
+                f"`moe-artifact {up}` to redo what is missing or damaged",
+                path=ctx.run_dir.path,
             )
         done = record.experiments
         if done is None:  # not a per-experiment stage
@@ -128,39 +205,93 @@ def _check_upstream(stage: Stage, ctx: StageContext, selection: list[str] | None
             )
 
 
+def _run_elsewhere(stage: Stage, ctx: StageContext) -> str:
+    """check/plots with --out: read the run directory, write only under ctx.out."""
+    profile = ctx.run_dir.manifest().profile
+    if profile and profile != ctx.profile.name:
+        raise ArtifactError(
+            f"run directory belongs to profile '{profile}', not '{ctx.profile.name}'",
+            path=ctx.run_dir.path,
+        )
+    if stage.name not in ctx.layout.elsewhere:
+        raise ArtifactError(f"--out applies to check and plots, not to stage '{stage.name}'")
+    _check_upstream(stage, ctx, None, _inputs(stage, ctx))
+    outcome = stage.run(ctx)
+    ctx.exit_codes[stage.name] = outcome.exit_code
+    console.print(
+        f"[green]{stage.name}[/]: {outcome.summary} (written to {ctx.stage_dir(stage.name)}; "
+        "the run directory is not changed)",
+        soft_wrap=True,
+    )
+    return "complete"
+
+
 def run_stage(stage: Stage, ctx: StageContext) -> str:
     """Run (or skip) one stage; returns 'skipped' or 'complete'. Raises on failure."""
+    if ctx.out is not None:
+        return _run_elsewhere(stage, ctx)
     run_dir = ctx.run_dir
     run_dir.set_profile(ctx.profile.name, str(ctx.profile.path) if ctx.profile.path else None)
     selection = selected_experiments(ctx.profile) if stage.per_experiment else None
-    _check_upstream(stage, ctx, selection)
     inputs = _inputs(stage, ctx)
+    _check_upstream(stage, ctx, selection, inputs)
     profile_hash = ctx.profile.section_hash(*stage.profile_sections)
     record = run_dir.stage_record(stage.name)
-    unchanged = (
-        record is not None and record.inputs == inputs and record.profile_hash == profile_hash
-    )
+    changed = differences(record.inputs, inputs, added=True) if record else []
+    unchanged = record is not None and not changed and record.profile_hash == profile_hash
     done = list(record.experiments or []) if record else []
     covered = selection is None or set(selection) <= set(done)
-    if record and record.status == "complete" and unchanged and covered and not ctx.force:
-        what = f" for {', '.join(selection)}" if selection else ""
-        console.print(
-            f"[green]{stage.name}[/]: up to date{what} (completed {record.end}, inputs "
-            "and profile unchanged); skipped. Use --force to redo it."
-        )
-        return "skipped"
     out_dir = ctx.stage_dir(stage.name)
+    name = stage.name
+    redo = stage.redo_targets(ctx)
+    if redo:
+        where = set_aside(ctx, name, redo)
+        console.print(
+            f"[yellow]{name}[/]: redoing {', '.join(str(p.relative_to(out_dir)) for p in redo)} "
+            f"as asked; its files are moved to {where}",
+            soft_wrap=True,
+        )
+    damaged: list[str] = []
+    if record and record.status == "complete" and unchanged and not ctx.force:
+        current = run_dir.outputs_of((name,))
+        damaged = differences(record.outputs, current, added=False)
+        if damaged:
+            where = set_aside(ctx, name, [run_dir.path / k for k in damaged])
+            console.print(
+                f"[yellow]{name}[/]: {len(damaged)} output file(s) missing or damaged since it "
+                f"completed: {describe(damaged, record.outputs, current)}; damaged ones moved "
+                f"to {where}; redoing only what they belong to",
+                soft_wrap=True,
+            )
+        elif covered and not redo:
+            what = f" for {', '.join(selection)}" if selection else ""
+            console.print(
+                f"[green]{name}[/]: up to date{what} (completed {record.end}, inputs, profile "
+                "and outputs unchanged); skipped. Use --force to redo it."
+            )
+            return "skipped"
     if record and not unchanged:
-        # Outputs made from other inputs are stale: start the stage afresh.
-        stage.clear(ctx, None)
+        # Outputs made from other inputs are stale: set them aside and start afresh.
+        why = (
+            f"input(s) changed since it ran: {describe(changed, record.inputs, inputs)}"
+            if changed
+            else f"profile section(s) {', '.join(stage.profile_sections)} changed since it ran"
+        )
+        where = set_aside(ctx, name, [out_dir])
+        console.print(
+            f"[yellow]{name}[/]: {why}; its earlier outputs are moved to {where}; redoing it",
+            soft_wrap=True,
+        )
         done = []
     elif ctx.force:
+        what = f"experiment(s) {', '.join(selection)}" if selection else "all"
+        console.print(f"[yellow]{name}[/]: --force: removing its outputs ({what}) and redoing")
         stage.clear(ctx, selection)
     elif record and record.status in ("running", "failed"):
-        console.print(f"[yellow]{stage.name}[/]: resuming an unfinished run")
-    elif not covered:
+        console.print(f"[yellow]{name}[/]: resuming an unfinished run")
+    elif not covered and not damaged:
         console.print(
-            f"[yellow]{stage.name}[/]: running {', '.join(selection or ())} "
+            f"[yellow]{name}[/]: running {', '.join(selection or ())} "
             f"(done before: {', '.join(done) or 'none'})"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +314,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
     try:
         outcome = stage.run(ctx)
     except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(out_dir)  # a write() that failed names no file: name the stage's
         message = (
             str(exc)
             if isinstance(exc, ArtifactError)
@@ -192,13 +325,15 @@ def run_stage(stage: Stage, ctx: StageContext) -> str:
                 else "".join(traceback.format_exception_only(type(exc), exc)).strip()
             )
         )
-        run_dir.update(
-            stage.name,
-            status="failed",
-            end=now_iso(),
-            error=message,
-            seconds=round(time.perf_counter() - t0, 3),
-        )
+        # A full or read-only disk cannot take the record either; the error itself is reported.
+        with contextlib.suppress(OSError):
+            run_dir.update(
+                stage.name,
+                status="failed",
+                end=now_iso(),
+                error=message,
+                seconds=round(time.perf_counter() - t0, 3),
+            )
         raise
     seconds = time.perf_counter() - t0
     if selection is not None:

@@ -1,7 +1,9 @@
 """Stage `bench`: the experiments against real servers, with routing captured per run.
 
-Units (each resumable: a unit is finished when its `unit.json` exists, and an interrupted
-unit is redone from scratch):
+Units (each resumable: a unit is finished when its `unit.json` exists and names only files
+that exist; an interrupted or damaged unit is redone from scratch; `--redo UNIT` redoes one,
+UNIT as the progress line and the folder under bench/ name it, e.g.
+`imbalance/eager/001_0.2720`):
 
 - config sweep: one unit per (mode, max-num-seqs, max-num-batched-tokens); one server start
   per unit, warm-up requests, then `repeat` measured runs on the sweep's fixed prompts;
@@ -30,6 +32,7 @@ round differently).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import shutil
@@ -40,8 +43,8 @@ import numpy as np
 
 from artifact.config.profiles import BenchSpec, Profile, selected_experiments
 from artifact.config.profiles import Engine as EngineSpec
-from artifact.core.console import console, progress_bar
-from artifact.core.errors import StageFailed
+from artifact.core.console import UnitProgress, console
+from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.layout import PROFILE_LABEL, RUN_LABEL, RunLayout, UnitDir
 from artifact.core.records import (
     DatasetMetadata,
@@ -55,7 +58,7 @@ from artifact.core.records import (
     validate_record,
     write_record,
 )
-from artifact.core.runner import Stage, StageContext, StageOutcome
+from artifact.core.runner import Stage, StageContext, StageOutcome, set_aside
 from artifact.engines.base import ServerLimits, log_tail
 from artifact.routing.format import layer_totals
 from artifact.serving.config import BenchConfig, load_prompts
@@ -102,6 +105,24 @@ class Unit:
             "max_num_batched_tokens": self.limits.max_num_batched_tokens,
             "prompts": self.prompts_file.name,
         }
+
+    def unfinished(self, layout: RunLayout) -> str | None:
+        """Why the unit must (re)run, None when it is finished: its marker is readable and
+        every file the marker names exists."""
+        marker = self.marker(layout)
+        if not marker.exists():
+            return "not run" if not marker.parent.exists() else "unfinished"
+        try:
+            if self.profiled:
+                done = read_record(marker, ProfileRecord)
+                names = [done.report, done.result]
+            else:
+                record = read_record(marker, UnitRecord)
+                names = [name for run in record.runs for name in (run.result, run.routing)]
+        except ArtifactError as exc:
+            return str(exc)
+        gone = [name for name in names if not (marker.parent / name).is_file()]
+        return f"{', '.join(gone)} missing" if gone else None
 
 
 def sweep_points(profile: Profile) -> list[ServerLimits]:
@@ -271,6 +292,30 @@ class BenchStage(Stage):
     profile_sections = ("model", "engine", "modes", "experiments")
     per_experiment = True
 
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--redo",
+            action="append",
+            default=[],
+            metavar="UNIT",
+            help="redo one finished unit (repeatable), as the progress line names it, e.g. "
+            "imbalance/eager/001_0.2720; its files are moved to bench.old-<time>/ first",
+        )
+
+    def redo_targets(self, ctx: StageContext) -> list[Path]:
+        asked = [u.strip("/").removeprefix("bench/") for u in getattr(ctx.args, "redo", [])]
+        if not asked:
+            return []
+        known = {u.key for u in plan_units(ctx, selected_experiments(ctx.profile))}
+        for key in asked:
+            if key not in known:
+                some = ", ".join(sorted(known)[:3])
+                raise ArtifactError(
+                    f"--redo {key}: no such unit among the selected experiments' "
+                    f"{len(known)} units (e.g. {some})"
+                )
+        return [ctx.layout.bench_unit(key).path for key in asked]
+
     def clear(self, ctx: StageContext, experiments: list[str] | None) -> None:
         if experiments is None:
             return super().clear(ctx, None)
@@ -297,7 +342,16 @@ class BenchStage(Stage):
             replayer = Replayer(
                 engine.model_dir, layout.replay_cache, ctx.profile.engine, ctx.profile.model.dtype
             )
-        todo = [u for u in units if not u.marker(layout).exists()]
+        todo = []
+        for unit in units:
+            why = unit.unfinished(layout)
+            if why is None:
+                continue
+            todo.append(unit)
+            if why not in ("not run", "unfinished"):  # a finished unit, damaged since
+                name = unit.key + (" (profiled pass)" if unit.profiled else "")
+                console.print(f"  bench: redoing {name}: {why}", soft_wrap=True)
+                set_aside(ctx, self.name, [unit.folder(layout).path])
         if len(todo) < len(units):
             console.print(
                 f"  bench: {len(units) - len(todo)} of {len(units)} units already done, resuming"
@@ -305,16 +359,16 @@ class BenchStage(Stage):
         server, server_key = None, None
         runs = profiles = 0
         try:
-            with progress_bar() as bar:
-                task = bar.add_task("bench units", total=len(todo))
+            with UnitProgress("bench", len(todo)) as progress:
                 for unit in todo:
+                    progress.start(unit.key + (" (profiled)" if unit.profiled else ""))
                     if unit.profiled:
                         if server is not None:
                             server.stop()
                             server = None
                         self._profile_unit(engine, unit, unit.folder(layout))
                         profiles += 1
-                        bar.advance(task)
+                        progress.done()
                         continue
                     # Imbalance units of one mode share a server; the others get their own.
                     key = (
@@ -336,7 +390,7 @@ class BenchStage(Stage):
                     runs += self._run_unit(
                         server, capabilities, unit, unit.folder(layout), provenance, replayer
                     )
-                    bar.advance(task)
+                    progress.done()
         finally:
             if server is not None:
                 server.stop()

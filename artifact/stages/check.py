@@ -39,6 +39,14 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
         "as the run's tables; profile perlmutter, run dir runs/perlmutter-study by default",
     )
     parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write check/ and plots/ under DIR and leave the run directory (and its manifest) "
+        "unchanged, e.g. for a read-only run directory; the run must be complete",
+    )
+    parser.add_argument(
         "--claims",
         type=Path,
         default=None,

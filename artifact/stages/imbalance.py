@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifact.core.console import console, track
+from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import UnitDir
 from artifact.core.records import DatasetMetadata, ResultFile, UnitRecord, read_record
@@ -44,11 +45,20 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
     scores = read_record(layout.dataset_metadata, DatasetMetadata).scores()
     out = []
     for record in layout.bench_unit_records():
-        unit = read_record(record, UnitRecord)
+        key = record.parent.relative_to(bench).as_posix()
+        redo = f"rerun `moe-artifact bench --redo {key}`"
+        unit = read_record(record, UnitRecord, redo)
         folder = UnitDir(record.parent)
         for run in unit.runs:
             result_path = folder.path / run.result
-            result = read_record(result_path, ResultFile, "rerun `moe-artifact bench --force`")
+            result = read_record(result_path, ResultFile, redo)
+            tokens = result.get("total_input_tokens")
+            if not isinstance(tokens, int):
+                raise ArtifactError(
+                    f"expected the number of prompt tokens, got {tokens!r}; {redo}",
+                    path=result_path,
+                    where="field 'total_input_tokens'",
+                )
             row = {
                 "run": f"{folder.path.relative_to(bench).as_posix()}/rep{run.repetition:02d}",
                 "experiment": unit.experiment,
@@ -59,7 +69,7 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
                 "predicted_score": scores.get(unit.dataset) if unit.dataset else None,
                 "repetition": run.repetition,
                 "result": result_path.relative_to(layout.root).as_posix(),
-                "mean_input_tokens": result.get("total_input_tokens") / max(result.completed, 1),
+                "mean_input_tokens": tokens / max(result.completed, 1),
             }
             row.update({k: result.get(k) for k in PERF_KEYS})
             for lat in METRICS:

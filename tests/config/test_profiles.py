@@ -93,3 +93,61 @@ def test_gpu_profile_has_mixtral_8x7b_layer_shapes_and_runnable_modes():
         engine.validate_mode(name, mode)
     # batched_mm gathers a 352 MB weight slab per routed token-expert pair at these shapes
     assert {m.experts_implementation for m in gpu.modes.values()} == {"eager", "grouped_mm"}
+
+
+def patched(raw: dict, dotted: str, value) -> dict:
+    """A deep copy of raw with the field at `dotted` (a.b.c) set to value."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "field, value, where, allowed",
+    [
+        ("experiments.imbalance.datasets", -5, "experiments.imbalance.datasets", "'all'"),
+        ("experiments.imbalance.max_num_seqs", 0, "experiments.imbalance.max_num_seqs", ">= 1"),
+        ("experiments.config_sweep.max_num_seqs", [-2], "config_sweep.max_num_seqs.0", ">= 1"),
+        ("experiments.config_sweep.max_num_batched_tokens", [], "max_num_batched_tokens", "1 it"),
+        ("experiments.config_sweep.fixed_max_num_seqs", 0, "fixed_max_num_seqs", ">= 1"),
+        ("experiments.imbalance.bench.repeat", 0, "bench.repeat", ">= 1"),
+        ("experiments.imbalance.bench.request_timeout_s", 0, "request_timeout_s", "> 0"),
+        ("engine.startup_timeout_s", -1, "engine.startup_timeout_s", "> 0"),
+        ("model.architecture.hidden_size", -256, "model.architecture", "hidden_size is -256"),
+        ("model.architecture.num_experts_per_tok", 9, "model.architecture", "<= num_local"),
+        ("model.architecture.num_local_experts", 0, "model.architecture", ">= 1"),
+        ("engine.host", "0.0.0.0", "engine", "allow_remote_host: true"),
+    ],
+)
+def test_every_count_limit_and_shape_is_checked_at_load(
+    write_profile, local_profile_raw, field, value, where, allowed
+):
+    raw = patched(local_profile_raw, field, value)
+    path = write_profile({k: raw[k] for k in ("experiments", "model", "engine")})
+    with pytest.raises(ArtifactError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:field '") and where in message and allowed in message
+    shown = value[0] if isinstance(value, list) and value else value
+    assert repr(shown) in message
+    assert "\n" not in message
+
+
+def test_remote_host_needs_the_documented_flag(write_profile, local_profile_raw):
+    engine = dict(local_profile_raw["engine"], host="0.0.0.0", allow_remote_host=True)
+    assert load_profile(write_profile({"engine": engine})).engine.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("name", ["../../../victim", "a/b", "..", ".hidden", "x..y", ""])
+def test_mode_names_are_safe_folder_names(write_profile, local_profile_raw, name):
+    modes = {name: local_profile_raw["modes"]["eager"]}
+    experiments = patched(local_profile_raw["experiments"], "imbalance.modes", [name])
+    experiments["config_sweep"]["modes"] = [name]
+    with pytest.raises(ArtifactError, match=f"field 'modes': mode name {name!r} is not allowed"):
+        load_profile(write_profile({"modes": modes, "experiments": experiments}))

@@ -67,7 +67,7 @@ def test_complete_stage_is_skipped_and_force_redoes(ctx):
     assert run_stage(stage, ctx) == "complete" and stage.calls == 2
 
 
-def test_changed_upstream_output_reruns_downstream(ctx):
+def test_changed_upstream_output_reruns_downstream_and_keeps_the_old_outputs(ctx, capsys):
     producer, consumer = Producer(), Consumer()
     run_stage(producer, ctx)
     run_stage(consumer, ctx)
@@ -77,8 +77,38 @@ def test_changed_upstream_output_reruns_downstream(ctx):
     ctx.force = True
     run_stage(producer, ctx)
     ctx.force = False
+    capsys.readouterr()
     assert run_stage(consumer, ctx) == "complete"
-    assert consumer.units_run == ["a", "b", "a", "b"]  # stale outputs cleared, all units redone
+    assert consumer.units_run == ["a", "b", "a", "b"]  # stale outputs set aside, all redone
+    err = capsys.readouterr().err
+    assert "consumer: input(s) changed since it ran: producer/out.txt (sha256 " in err
+    (old,) = ctx.run_dir.path.glob("consumer.old-*")
+    assert f"moved to {old}" in err
+    assert sorted(p.name for p in old.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_damaged_output_is_named_set_aside_and_redone_on_a_skip(ctx, capsys):
+    consumer = Consumer()
+    run_stage(Producer(), ctx)
+    run_stage(consumer, ctx)
+    (ctx.stage_dir("consumer") / "b.txt").write_text("")  # cut short
+    (ctx.stage_dir("consumer") / "a.txt").unlink()
+    capsys.readouterr()
+    assert run_stage(consumer, ctx) == "complete"
+    assert consumer.units_run == ["a", "b", "a", "b"]
+    err = capsys.readouterr().err
+    assert "consumer: 2 output file(s) missing or damaged since it completed: " in err
+    assert "consumer/a.txt (missing), consumer/b.txt (sha256 " in err
+    (old,) = ctx.run_dir.path.glob("consumer.old-*")
+    assert [p.name for p in old.iterdir()] == ["b.txt"]
+    assert run_stage(consumer, ctx) == "skipped"
+
+
+def test_downstream_refuses_a_damaged_upstream(ctx):
+    run_stage(Producer(), ctx)
+    (ctx.stage_dir("producer") / "out.txt").write_text("v")
+    with pytest.raises(ArtifactError, match=r"1 changed since 'producer' completed: producer/"):
+        run_stage(Consumer(), ctx)
 
 
 def test_changed_profile_section_reruns(ctx, write_profile, local_profile_raw):

@@ -256,4 +256,4 @@ def test_empty_unit_record_stops_the_imbalance_stage_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {unit}:field 'experiment': required field is missing")
-    assert "rerun `moe-artifact bench --force`" in lines[0]
+    assert "rerun `moe-artifact bench --redo imbalance/eager/001_0.1000`" in lines[0]

@@ -79,6 +79,7 @@ def live_run(tmp_path_factory):
     claims["claims"] = [c for c in claims["claims"] if c["id"] in keep] + [
         {
             "id": "live.sweep_runs",
+            "kind": "completeness",
             "statement": "2 modes x 1 sweep point x 2 repetitions.",
             "source": "this test",
             "experiment": "config_sweep",
@@ -105,10 +106,10 @@ def test_reproduce_ends_with_a_claims_table_of_pass_and_vllm_refusals(live_run):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     claims = json.loads(layout.claims_json.read_text())
     status = {c["id"]: c for c in claims["claims"]}
-    assert status["live.sweep_runs"]["status"] == "PASS"
-    assert status["exp1.one_engine_build"]["status"] == "PASS"
+    assert status["live.sweep_runs"]["verdict"] == "PASS"
+    assert status["exp1.one_engine_build"]["verdict"] == "PASS"
     for claim in ("exp2.all2all_served", "exp2.eplb_enabled"):
-        assert status[claim]["status"] == "SKIP"
+        assert status[claim]["verdict"] == "SKIP"
     text = json.dumps(status["exp2.all2all_served"]) + json.dumps(status["exp2.eplb_enabled"])
     assert DP_EP in text and EPLB in text
 

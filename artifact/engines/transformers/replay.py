@@ -18,7 +18,6 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
     import torch
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging
 
     use_shape_independent_attention()  # the server's attention kernels (and no graph builds)
