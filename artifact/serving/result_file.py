@@ -83,14 +83,14 @@ def overhead_summary(result: BenchResult) -> dict[str, Any]:
     process (every thread: parsing, aiohttp, the event loop, the kernel's socket work) from
     the phase start to its end. `cpu_share`: that over the phase's wall time.
 
-    `busy_share_of_ttft`: for each request, the process CPU time between its start and its
-    first content chunk (every stream's work, not only its own), over its TTFT. The client
-    can delay a request's first chunk (sending its body late, or reading the chunk late)
-    only by being busy, so this bounds from above the client's share of TTFT that
-    benchmarks/bench_client_overhead.py measures from the server's side (request start to
-    body sent, plus the first chunk's wait in the client). It does not cover the loopback
-    transfer and the wake-up of an idle client, which that benchmark also counts
-    (~0.3 ms: its figure can exceed this bound at one stream).
+    `busy_share_of_ttft`: for each request, the CPU time of the client's event loop thread
+    between its start and its first content chunk (every stream's work, not only its own),
+    over its TTFT. The client delays a request's first chunk (its body sent late, the chunk
+    read late) only while its loop is busy, so this bounds from above the client share of
+    TTFT that benchmarks/bench_client_overhead.py measures from the server's side (start to
+    body sent, plus the first chunk's wait in the client). Not covered: the loopback
+    transfer and an idle client's wake-up (~0.3 ms, so at one stream that figure can exceed
+    this one), and time the client's CPU was taken by other processes of a loaded machine.
     """
     total = result.cpu_user_s + result.cpu_system_s
     chunks = sum(len(r.chunk_times) for r in result.records)
