@@ -160,10 +160,28 @@ def _handle_event(rec: RequestRecord, payload: bytes, t: float, chat: bool) -> b
     return False
 
 
+class _Turn:
+    """One request's turn to send: it ends when the body is out, the request is over, or
+    after ISSUE_WAIT_S, whichever comes first."""
+
+    __slots__ = ("lock", "timer")
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            ISSUE_WAIT_S, self.end
+        )
+
+    def end(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.lock.release()
+
+
 async def _on_body_sent(session: object, ctx: Any, params: object) -> None:
-    sent = ctx.trace_request_ctx
-    if isinstance(sent, asyncio.Future) and not sent.done():
-        sent.set_result(None)
+    if isinstance(turn := ctx.trace_request_ctx, _Turn):
+        turn.end()
 
 
 def issue_trace() -> aiohttp.TraceConfig:
@@ -188,22 +206,15 @@ async def _open(
     if issuing is None:
         rec.start, rec.cpu_start = perf_counter(), thread_time()
         return await session.post(config.url, data=body, headers=_headers(), timeout=timeout)
-    async with issuing:  # until the body has left (or the request failed)
-        rec.start, rec.cpu_start = perf_counter(), thread_time()
-        sent = asyncio.get_running_loop().create_future()
-        opening = asyncio.ensure_future(
-            session.post(
-                config.url, data=body, headers=_headers(), timeout=timeout, trace_request_ctx=sent
-            )
+    await issuing.acquire()
+    turn = _Turn(issuing)
+    rec.start, rec.cpu_start = perf_counter(), thread_time()
+    try:
+        return await session.post(
+            config.url, data=body, headers=_headers(), timeout=timeout, trace_request_ctx=turn
         )
-        try:
-            await asyncio.wait(
-                (sent, opening), timeout=ISSUE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            opening.cancel()
-            raise
-    return await opening
+    finally:
+        turn.end()
 
 
 async def stream_request(
