@@ -18,9 +18,10 @@ and when it sent that chunk. Against it the script reports, per concurrency leve
 - client+transport share: (client TTFT - server TTFT) / client TTFT, server TTFT running
   from the server's handler receiving the request to it sending the first chunk: adds the
   loopback and the server framework's accept/parse time, a looser upper bound;
-- busy share (in-client bound, also in every result file): the client process's CPU time,
-  all streams together, between a request's start and its first chunk, over its TTFT; it
-  bounds the client share from above, less the loopback and wake-up (see overhead_summary).
+- busy share (in-client bound, also in every result file): the CPU time of the client's
+  event loop thread, all streams together, between a request's start and its first chunk,
+  over its TTFT; it bounds the client share from above, less the loopback, the wake-up and
+  CPU taken by other processes (see overhead_summary).
 
 Against a real server only the in-client figures exist. The goal is a client share under 5%
 of TTFT at 64 streams. Both processes share the machine's cores, as in a local run.
