@@ -117,8 +117,8 @@ def _print_summary(path: Path, data: dict) -> None:
         for stat in ("mean", "median", *(f"p{p:g}" for p in data["percentiles"])):
             table.add_row(f"{stat} {metric.upper()} (ms)", f"{data[f'{stat}_{metric}_ms']:.2f}")
     over = data["client"]["overhead"]
-    if over.get("reads"):
-        table.add_row("client µs per chunk", f"{over['per_chunk_us']:.1f}")
+    if over.get("content_chunks"):
+        table.add_row("client CPU µs per chunk", f"{over['per_chunk_us']:.1f}")
         table.add_row(
             "client share of TTFT (≤)", f"{100 * over['busy_share_of_ttft']['mean']:.2f}%"
         )

@@ -61,7 +61,7 @@ async def probe_server(
     for _ in range(len(OPTIONAL_FIELDS) + 1):
         rec = RequestRecord("probe", 0, 2)
         body = request_body(probe_config, model, prompt, 2, 0, caps)
-        await stream_request(session, probe_config, body, rec, [])
+        await stream_request(session, probe_config, body, rec)
         if rec.status in (400, 422):
             named = [f for f in OPTIONAL_FIELDS if f in rec.error and caps.accepts(f)]
             if named:

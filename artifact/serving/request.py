@@ -3,20 +3,30 @@
 Arrival times are taken when a network read returns, before any parsing, so several events
 in one read share one arrival time (an ITL of 0): that is what the client saw. A content
 chunk is a streamed event whose text is not empty.
+
+Requests leave the client one at a time (`issuing`): on Python < 3.12 aiohttp writes a
+request's body from a task of its own, so a burst of N requests started together would send
+every body only after all N were set up, and each TTFT would carry the others' set-up. Each
+request's clock starts when its turn comes (vLLM's client on Python >= 3.12 behaves alike:
+aiohttp writes the body eagerly there). A request whose body is not out within
+`ISSUE_WAIT_S` (a connection the server does not accept) lets the next one go.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 import aiohttp
 
 from artifact.serving.config import BenchConfig, PromptSpec
+
+ISSUE_WAIT_S = 1.0
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -58,6 +68,10 @@ class RequestRecord:
     status: int | None = None
     error: str = ""
     retokenized: int = 0
+    # thread_time() at the start, and the CPU time of the event loop's thread (every
+    # stream's work) from the start to the first content chunk.
+    cpu_start: float = 0.0
+    cpu_to_first: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -146,33 +160,89 @@ def _handle_event(rec: RequestRecord, payload: bytes, t: float, chat: bool) -> b
     return False
 
 
+class _Turn:
+    """One request's turn to send: it ends when the body is out, the request is over, or
+    after ISSUE_WAIT_S, whichever comes first."""
+
+    __slots__ = ("lock", "timer")
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            ISSUE_WAIT_S, self.end
+        )
+
+    def end(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.lock.release()
+
+
+async def _on_body_sent(session: object, ctx: Any, params: object) -> None:
+    if isinstance(turn := ctx.trace_request_ctx, _Turn):
+        turn.end()
+
+
+def issue_trace() -> aiohttp.TraceConfig:
+    """The trace a session needs for requests to leave one at a time (see the module doc)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_on_body_sent)
+    return trace
+
+
+def traces_issue(session: aiohttp.ClientSession) -> bool:
+    return any(_on_body_sent in t.on_request_chunk_sent for t in session.trace_configs)
+
+
+async def _open(
+    session: aiohttp.ClientSession,
+    config: BenchConfig,
+    body: bytes,
+    rec: RequestRecord,
+    issuing: asyncio.Lock | None,
+) -> aiohttp.ClientResponse:
+    timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
+    if issuing is None:
+        rec.start, rec.cpu_start = perf_counter(), thread_time()
+        return await session.post(config.url, data=body, headers=_headers(), timeout=timeout)
+    await issuing.acquire()
+    turn = _Turn(issuing)
+    rec.start, rec.cpu_start = perf_counter(), thread_time()
+    try:
+        return await session.post(
+            config.url, data=body, headers=_headers(), timeout=timeout, trace_request_ctx=turn
+        )
+    finally:
+        turn.end()
+
+
 async def stream_request(
     session: aiohttp.ClientSession,
     config: BenchConfig,
     body: bytes,
     rec: RequestRecord,
-    reads: list[tuple[float, float]],
+    issuing: asyncio.Lock | None = None,
 ) -> RequestRecord:
     """Send one streamed request and fill `rec`; never raises for a failed request.
 
-    Appends (arrival time, processing seconds) of every network read to `reads`: the
-    client's own work per read, from which its overhead is reported.
+    `issuing`: a lock shared by the requests of a phase on a session with `issue_trace()`.
     """
-    timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
     chat = config.chat
     done = False
-    rec.start = perf_counter()
     try:
-        async with session.post(config.url, data=body, headers=_headers(), timeout=timeout) as resp:
+        async with await _open(session, config, body, rec, issuing) as resp:
             rec.status = resp.status
             if resp.status != 200:
                 rec.error = f"HTTP {resp.status}: {one_line(await resp.text())}"
                 return rec
             buf = b""
-            async for data in resp.content.iter_any():
+            stream = resp.content
+            while data := await stream.readany():
                 if done:
                     continue  # drain to the end, so the connection can be reused
                 t = perf_counter()
+                first = not rec.chunk_times
                 buf = buf + data if buf else data
                 if b"\r" in buf:
                     buf = buf.replace(b"\r\n", b"\n")
@@ -187,7 +257,8 @@ async def stream_request(
                             done = _handle_event(rec, line[5:].strip(), t, chat)
                             if done:
                                 break
-                reads.append((t, perf_counter() - t))
+                if first and rec.chunk_times:
+                    rec.cpu_to_first = thread_time() - rec.cpu_start
                 if rec.error:
                     break
     except TimeoutError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import resource
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from time import perf_counter
@@ -21,7 +22,14 @@ from artifact.core.errors import ArtifactError
 from artifact.serving.arrivals import arrival_offsets, request_seeds
 from artifact.serving.config import BenchConfig, PromptSpec
 from artifact.serving.probe import probe_server
-from artifact.serving.request import RequestRecord, ServerCapabilities, request_body, stream_request
+from artifact.serving.request import (
+    RequestRecord,
+    ServerCapabilities,
+    issue_trace,
+    request_body,
+    stream_request,
+    traces_issue,
+)
 from artifact.serving.result_file import BenchResult
 
 
@@ -37,13 +45,11 @@ async def _run_phase(
     offsets: np.ndarray,
     seeds: Sequence[int],
     progress: bool,
-) -> tuple[list[RequestRecord], float, float, list[tuple[float, float]]]:
-    """Run one phase; returns the records, its start (perf_counter), its duration and the
-    per-read overhead log, with times relative to the start."""
-    from artifact.core.console import progress_bar
-
+) -> tuple[list[RequestRecord], float, float, tuple[float, float]]:
+    """Run one phase; returns the records (times relative to the phase start), its start
+    (perf_counter), its duration and the process CPU time (user, system) it took."""
     sem = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
-    reads: list[tuple[float, float]] = []
+    issuing = asyncio.Lock() if traces_issue(session) else None
     assert config.model is not None
     bodies = [
         request_body(config, config.model, p, _max_tokens(config, p), s, caps)
@@ -53,9 +59,14 @@ async def _run_phase(
         RequestRecord(p.id, p.prompt_len or 0, _max_tokens(config, p), scheduled=float(o))
         for p, o in zip(prompts, offsets, strict=True)
     ]
-    bar = progress_bar() if progress else None
+    bar = None
+    if progress:
+        from artifact.core.console import progress_bar
+
+        bar = progress_bar()
     with bar or contextlib.nullcontext():
         task = bar.add_task("requests", total=len(records)) if bar else None
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = perf_counter()
 
         async def one(i: int) -> None:
@@ -63,26 +74,31 @@ async def _run_phase(
             if delay > 0:
                 await asyncio.sleep(delay)
             if sem is None:
-                await stream_request(session, config, bodies[i], records[i], reads)
+                await stream_request(session, config, bodies[i], records[i], issuing)
             else:
                 async with sem:
-                    await stream_request(session, config, bodies[i], records[i], reads)
+                    await stream_request(session, config, bodies[i], records[i], issuing)
             if bar is not None and task is not None:
                 bar.advance(task)
 
         await asyncio.gather(*(one(i) for i in range(len(records))))
         duration = perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     for rec in records:
         rec.start -= t0
         rec.chunk_times = [t - t0 for t in rec.chunk_times]
-    return records, t0, duration, [(t - t0, dt) for t, dt in reads]
+    return records, t0, duration, (cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime)
 
 
-def new_session(config: BenchConfig) -> aiohttp.ClientSession:
-    """The one HTTP session of a benchmark: unlimited connections (concurrency is ours)."""
+def new_session(
+    config: BenchConfig, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+) -> aiohttp.ClientSession:
+    """The one HTTP session of a benchmark: unlimited connections (concurrency is ours),
+    requests leaving one at a time (artifact.serving.request), and any further traces."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
         timeout=aiohttp.ClientTimeout(total=None),
+        trace_configs=[issue_trace(), *trace_configs],
     )
 
 
@@ -163,7 +179,7 @@ async def run_benchmark(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     date = datetime.now().strftime("%Y%m%d-%H%M%S")
     offsets = arrival_offsets(len(measured), config.rate, config.burstiness, config.seed)
-    records, origin, duration, reads = await _run_phase(
+    records, origin, duration, cpu = await _run_phase(
         session,
         config,
         capabilities,
@@ -181,7 +197,8 @@ async def run_benchmark(
         records=records,
         warmup=warm_records,
         duration=duration,
-        reads=reads,
+        cpu_user_s=cpu[0],
+        cpu_system_s=cpu[1],
         clock_origin=origin,
         date=date,
         started_at=started_at,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -14,6 +17,7 @@ from aiohttp import web
 from artifact.core.errors import ArtifactError
 from artifact.serving.arrivals import arrival_offsets
 from artifact.serving.config import BenchConfig, PromptSpec, load_prompts
+from artifact.serving.request import ISSUE_WAIT_S, ServerCapabilities
 from artifact.serving.result_file import result_to_vllm_json, write_result
 from artifact.serving.results import load_result, summarize, verify_result, verify_result_file
 from artifact.serving.run import run_benchmark, run_repetitions
@@ -288,6 +292,28 @@ def test_unreachable_server_is_one_clear_error():
     cfg = BenchConfig(base_url="http://127.0.0.1:9", output_len=1)
     with pytest.raises(ArtifactError, match=r"cannot reach the server at http://127\.0\.0\.1:9"):
         bench(cfg, prompts_of("x"))
+
+
+def test_a_connection_never_accepted_holds_the_next_request_back_only_briefly():
+    """Requests leave one at a time; one whose connection hangs (a full accept backlog) lets
+    the next one go after ISSUE_WAIT_S instead of at its own timeout."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):  # fill the backlog: later connections hang in connect()
+            sock = stack.enter_context(socket.socket())
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", port))
+        cfg = BenchConfig(
+            base_url=f"http://127.0.0.1:{port}", model="m", output_len=1, request_timeout_s=3.0
+        )
+        result = bench(cfg, prompts_of("a", "b", "c"), capabilities=ServerCapabilities())
+    assert [r.error for r in result.records] == ["timed out after 3 s"] * 3
+    starts = sorted(r.start for r in result.records)
+    assert all(0.9 * ISSUE_WAIT_S <= b - a < 2.5 for a, b in itertools.pairwise(starts)), starts
 
 
 @pytest.mark.parametrize(

@@ -148,7 +148,6 @@ def our_result(directory, repetition=0, ttft=0.1, label="eager_4_512"):
         records=records,
         warmup=[],
         duration=0.5,
-        reads=[(c, 1e-5) for r in records for c in r.chunk_times],
         date="20260101-000000",
         started_at="2026-01-01T00:00:00+00:00",
         label=label,
