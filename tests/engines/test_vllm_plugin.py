@@ -293,3 +293,20 @@ def test_an_active_plugin_says_so_in_the_server_log(vllm, caplog):
     assert record.name.startswith("vllm.") and record.levelno == logging.INFO
     line = f"(Worker_TP0 pid=7) INFO 01-02 03:04:05 [hooks.py:1] {record.getMessage()}"
     assert parse_log_text(line).routing_plugin == "active"
+
+
+def test_a_control_file_naming_a_log_outside_its_folder_writes_nothing(vllm, tmp_path):
+    """The control file's folder bounds what the plugin writes (hostile or mistaken paths)."""
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    runner = Runner([moe.FusedMoE(f"model.layers.{i}.block_sparse_moe.experts") for i in range(3)])
+    runner._dummy_run(4)
+    gen = torch.Generator().manual_seed(0)
+    reqs = {"a": (0, 5, 5)}
+    victim = tmp_path.parent / f"{tmp_path.name}-victim.routing"
+    (tmp_path / "escape").symlink_to(tmp_path.parent)
+    hostile = [victim, tmp_path / ".." / victim.name, tmp_path / "escape" / victim.name]
+    for serial, path in enumerate([*hostile, tmp_path / "ok.routing"], start=1):
+        control(tmp_path, path, serial)
+        runner.execute_model(scheduled(SchedulerOutput, reqs, *batch(gen, reqs)[:2]))
+    assert not list(tmp_path.parent.glob(f"{victim.name}*"))
+    assert Path(f"{tmp_path / 'ok.routing'}.rank0").exists()
