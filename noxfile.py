@@ -21,6 +21,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
+nox.needs_version = ">=2023.04.22"  # session.run(interrupt_timeout=...)
 nox.options.sessions = ["reproduce"]
 nox.options.reuse_venv = "yes"
 
@@ -80,7 +81,19 @@ def _extras(posargs: list[str]) -> str:
 
 def _run_cli(session: nox.Session, *command: str) -> None:
     python = _python(session, _extras(session.posargs))
-    session.run(python, "-m", "artifact", *command, *session.posargs, external=True)
+    # After Ctrl-C nox waits interrupt_timeout for the CLI, then sends SIGTERM, waits
+    # terminate_timeout and kills it (defaults 0.3 s and 0.2 s): here long enough for the
+    # CLI to stop its servers gracefully (a vLLM server gets up to 60 s).
+    session.run(
+        python,
+        "-m",
+        "artifact",
+        *command,
+        *session.posargs,
+        external=True,
+        interrupt_timeout=90.0,
+        terminate_timeout=30.0,
+    )
 
 
 def _stage_session(name: str, doc: str):

@@ -8,12 +8,14 @@ Every command is a `Command` in COMMANDS. Only the chosen command's module is im
 only then are its options added, so `moe-artifact --help` loads no stage or tool.
 
 Errors caused by input or configuration print one line and exit 2; a failed claim check
-exits 1.
+exits 1. SIGTERM (Slurm's scancel, nox after Ctrl-C) unwinds like Ctrl-C: servers are stopped,
+finished units kept, the stage recorded as interrupted; exit 143 (Ctrl-C: 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,6 +329,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread runs so every `finally` stops its servers."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     from artifact.core.console import console
     from artifact.core.errors import ArtifactError, disk_error
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
     except ArtifactError as exc:
@@ -350,9 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[red]error[/]: {escape(line)}", soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]; finished units are kept, rerun to resume")
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        console.print(f"[red]{what}[/]; finished units are kept, rerun to resume")
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from artifact.core.errors import ArtifactError
+
+# Temp names are made here, not by tempfile (its files are 0600 and its folders 0700): the
+# kernel then applies the umask at creation, as to any file, with no window to chmod.
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_temp(create: Callable[[Path], Any], path: Path, suffix: str) -> tuple[Any, Path]:
+    """`create` a fresh hidden name beside `path`: (what it returned, the name)."""
+    while True:
+        name = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return create(name), name
+        except FileExistsError:
+            continue
+
+
+def temp_dir_beside(path: str | Path) -> Path:
+    """A new empty hidden folder beside `path` (0777 less the umask), to fill and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _create_temp(lambda name: os.mkdir(name, 0o777), path, "")[1]
+
+
+def resolve_within(path: str | Path, folder: str | Path) -> Path | None:
+    """`path` with symlinks resolved, if that lies inside `folder` (not `folder` itself)."""
+    target, root = Path(path).resolve(), Path(folder).resolve()
+    return target if target != root and target.is_relative_to(root) else None
 
 
 @contextmanager
@@ -22,7 +49,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(lambda name: os.open(name, _TEMP_FLAGS, 0o666), path, ".tmp")
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:

@@ -131,6 +131,15 @@ class RunLayout:
     def manifest_lock(self) -> Path:
         return self.root / ".manifest.lock"
 
+    @property
+    def run_lock(self) -> Path:
+        """flock'ed while a stage runs (artifact.core.lock); its holder is in run_lock_record."""
+        return self.root / ".lock"
+
+    @property
+    def run_lock_record(self) -> Path:
+        return self.root / ".lock.json"
+
     # install
     @property
     def model_record(self) -> Path:

@@ -46,6 +46,7 @@ from artifact.core.console import console
 from artifact.core.environment import git_commit, host_info, package_versions
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.layout import RunLayout
+from artifact.core.lock import run_dir_lock
 from artifact.core.manifest import RunDir, now_iso
 
 # The pipeline, in order. A name without a module yet is reported as not built.
@@ -227,9 +228,16 @@ def _run_elsewhere(stage: Stage, ctx: StageContext) -> str:
 
 
 def run_stage(stage: Stage, ctx: StageContext) -> str:
-    """Run (or skip) one stage; returns 'skipped' or 'complete'. Raises on failure."""
+    """Run (or skip) one stage under the run directory's lock; returns 'skipped' or
+    'complete'. Raises on failure, or when another run holds the lock. With an output
+    folder (`--out`) nothing is written to the run directory, and no lock is taken."""
     if ctx.out is not None:
         return _run_elsewhere(stage, ctx)
+    with run_dir_lock(ctx.run_dir.path):
+        return _run_stage(stage, ctx)
+
+
+def _run_stage(stage: Stage, ctx: StageContext) -> str:
     run_dir = ctx.run_dir
     run_dir.set_profile(ctx.profile.name, str(ctx.profile.path) if ctx.profile.path else None)
     selection = selected_experiments(ctx.profile) if stage.per_experiment else None

@@ -3,25 +3,50 @@
 An `Engine` turns a profile mode plus batching limits into a running server (`start`), and
 a `Server` answers health, provenance and routing-capture calls and stops gracefully
 (`stop`: SIGTERM, then SIGKILL). Engines refuse modes that ask for knobs they do not have.
+
+Every server runs in its own process group (`spawn`), tied to this process by
+artifact.engines.lifeline (it exits when we die, even by kill -9), and is stopped on every
+exit path: a start-up that raises (timeout, death, Ctrl-C, SIGTERM) stops it before the
+error goes on. A port taken between `free_port` and the server's bind makes the server exit
+at once; `start` then tries another port (PORT_ATTEMPTS in all). The embedded server's
+routing control answers only requests carrying the token the engine gave it
+(CONTROL_TOKEN_ENV, sent back in CONTROL_TOKEN_HEADER) and writes only inside the folder of
+the server's log (CAPTURE_DIR_ENV).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from artifact.config.profiles import Mode, Profile
+from artifact.core.console import console
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.layout import RunLayout
+
+CONTROL_TOKEN_ENV = "MOE_ARTIFACT_CONTROL_TOKEN"
+CONTROL_TOKEN_HEADER = "X-Moe-Artifact-Token"
+CAPTURE_DIR_ENV = "MOE_ARTIFACT_CAPTURE_DIR"
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(StageFailed):
+    """The server exited at start-up because another process holds its port."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,31 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def spawn(argv: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Popen:
+    """Start a server: its own session and process group (so `stop` reaches its children),
+    tied to this process's life (artifact.engines.lifeline). A missing program is a
+    FileNotFoundError here, as with a bare Popen."""
+    if shutil.which(argv[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, "not found", argv[0])
+    return subprocess.Popen(
+        [sys.executable, "-m", "artifact.engines.lifeline", str(os.getpid()), *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+
+
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -60,19 +110,22 @@ class Server:
         model_id: str,
         log_path: Path,
         ready_path: str,
+        token: str | None = None,
     ):
         self.process = process
         self.base_url = base_url
         self.model_id = model_id
         self.log_path = log_path
         self.ready_path = ready_path
+        self.token = token
 
     # --- HTTP helpers (stdlib: these calls are rare and must not need an event loop) -----
     def _request(self, path: str, payload: dict | None = None, timeout: float = 30.0) -> dict:
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers[CONTROL_TOKEN_HEADER] = self.token
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
 
@@ -112,17 +165,28 @@ class Server:
         return True
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive("start-up")
-            if self.is_ready():
-                return
-            time.sleep(self.ready_poll_s)
-        self.stop()
-        raise StageFailed(
-            f"{self.not_ready} within {timeout_s:.0f} s; "
-            f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
-        )
+        """Return once the server answers; whatever ends the wait otherwise (its death, the
+        timeout, Ctrl-C, SIGTERM) stops it first."""
+        url = urllib.parse.urlsplit(self.base_url)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if not self.alive() and port_in_use(str(url.hostname), int(url.port or 0)):
+                    raise PortTaken(
+                        f"another process took port {url.port} before the server bound it "
+                        f"(exit code {self.process.returncode})"
+                    )
+                self.check_alive("start-up")
+                if self.is_ready():
+                    return
+                time.sleep(self.ready_poll_s)
+            raise StageFailed(
+                f"{self.not_ready} within {timeout_s:.0f} s; "
+                f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+        except BaseException:
+            self.stop()
+            raise
 
     def provenance(self) -> dict:
         return self.call("/artifact/provenance", what="the provenance request")
@@ -173,28 +237,50 @@ class Engine:
         """Contradictions between what the mode asked for and what runs (empty when none)."""
         raise NotImplementedError
 
-    def start(self, mode_name: str, limits: ServerLimits, log_path: Path) -> Server:
+    def start(
+        self, mode_name: str, limits: ServerLimits, log_path: Path, nsys_report: Path | None = None
+    ) -> Server:
+        """A healthy server on a free port; a port taken before the server bound it is
+        retried on another one."""
+        attempts = PORT_ATTEMPTS
+        while True:
+            port = free_port(self.profile.engine.host)
+            try:
+                return self.launch(mode_name, limits, log_path, port, nsys_report)
+            except PortTaken as exc:
+                attempts -= 1
+                if not attempts:
+                    raise
+                console.print(f"  [yellow]{mode_name}[/]: {exc}; trying another port")
+
+    def launch(
+        self,
+        mode_name: str,
+        limits: ServerLimits,
+        log_path: Path,
+        port: int,
+        nsys_report: Path | None = None,
+    ) -> Server:
+        """Start the server on `port` and wait until it is ready."""
+        if nsys_report is not None:
+            raise ArtifactError(f"the {self.kind} engine cannot run a server under nsys")
         mode = self.profile.modes[mode_name]
         self.validate_mode(mode_name, mode)
         host = self.profile.engine.host
-        port = free_port(host)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **mode.env)
+        env[CONTROL_TOKEN_ENV] = token
+        env[CAPTURE_DIR_ENV] = str(log_path.parent.resolve())
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                self.command(mode, limits, port),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+            process = spawn(self.command(mode, limits, port), log, env)
         server = Server(
             process,
             f"http://{host}:{port}",
             str(self.model_dir),
             log_path,
             ready_path="/artifact/provenance",
+            token=token,
         )
         server.wait_ready(self.profile.engine.startup_timeout_s)
         return server

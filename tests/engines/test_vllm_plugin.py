@@ -330,3 +330,20 @@ def test_unrouted_layer_calls_are_counted_by_type_and_refused():
     assert missing_routing([{**whole, "steps": 0, "steps_written": 0}]) is None  # idle
     problem = missing_routing([whole, {**whole, "rank": 1, "unrouted_layer_calls": {"X": 4}}])
     assert problem is not None and problem.startswith("rank 1") and "X (4 calls)" in problem
+
+
+def test_a_control_file_naming_a_log_outside_its_folder_writes_nothing(vllm, tmp_path):
+    """The control file's folder bounds what the plugin writes (hostile or mistaken paths)."""
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    runner = Runner([moe.FusedMoE(f"model.layers.{i}.block_sparse_moe.experts") for i in range(3)])
+    runner._dummy_run(4)
+    gen = torch.Generator().manual_seed(0)
+    reqs = {"a": (0, 5, 5)}
+    victim = tmp_path.parent / f"{tmp_path.name}-victim.routing"
+    (tmp_path / "escape").symlink_to(tmp_path.parent)
+    hostile = [victim, tmp_path / ".." / victim.name, tmp_path / "escape" / victim.name]
+    for serial, path in enumerate([*hostile, tmp_path / "ok.routing"], start=1):
+        control(tmp_path, path, serial)
+        runner.execute_model(scheduled(SchedulerOutput, reqs, *batch(gen, reqs)[:2]))
+    assert not list(tmp_path.parent.glob(f"{victim.name}*"))
+    assert Path(f"{tmp_path / 'ok.routing'}.rank0").exists()

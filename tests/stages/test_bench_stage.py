@@ -7,7 +7,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import tiny_mixtral
+from helpers import tiny_mixtral, tiny_sweep
 
 from artifact.config.profiles import load_profile
 from artifact.core.errors import StageFailed
@@ -28,17 +28,8 @@ TINY = tiny_mixtral(max_position_embeddings=512)
 def tiny_profile(write_profile, local_profile_raw, tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_ARTIFACT_CACHE", str(tmp_path / "cache"))
     model = dict(local_profile_raw["model"], architecture=TINY, max_model_len=512)
-    bench = {"request_rate": "inf", "output_len": 4, "warmup_requests": 1, "repeat": 2}
     experiments = {
-        "config_sweep": {
-            "modes": ["grouped_mm"],
-            "max_num_seqs": [2, 4],
-            "max_num_batched_tokens": [128],
-            "fixed_max_num_seqs": 2,
-            "fixed_max_num_batched_tokens": 128,
-            "prompts": 4,
-            "bench": bench,
-        },
+        "config_sweep": tiny_sweep(),
         "eplb_ablation": local_profile_raw["experiments"]["eplb_ablation"],
     }
     modes = {"grouped_mm": local_profile_raw["modes"]["grouped_mm"]}

@@ -17,7 +17,7 @@ from typing import Any
 
 from artifact.config.profiles import ModelSpec
 from artifact.core.errors import ArtifactError
-from artifact.core.io import sha256_file
+from artifact.core.io import sha256_file, temp_dir_beside
 from artifact.workload.tokenizer import tokenizer_path
 
 TOKENIZER_CONFIG = {
@@ -86,7 +86,7 @@ def build_model(spec: ModelSpec, target: Path, device: str = "cpu") -> dict[str,
     if spec.source != "seeded":
         raise ArtifactError(f"model '{spec.name}' is not a seeded model (source: {spec.source})")
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         # any MixtralConfig fields, so no one type per keyword: MixtralConfig checks them
         fields: dict[str, Any] = dict(spec.architecture)

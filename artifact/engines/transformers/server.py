@@ -12,6 +12,9 @@ process so the MoE routers can be hooked, and adds two routes:
   them, the hooked routers);
 - POST /artifact/routing {"path": FILE | null, "meta": {...}}: write the routing of the
   following forward passes to FILE (a new moe-routing log), or stop and return the stats.
+  Only with the engine's token (header X-Moe-Artifact-Token, else 403), and only to a FILE
+  inside the capture folder the engine named (else 400): $MOE_ARTIFACT_CONTROL_TOKEN and
+  $MOE_ARTIFACT_CAPTURE_DIR, passed by environment so no other user sees them in `ps`.
 
 Continuous-batching settings forced here, and why: prefix sharing off (a shared prefix would
 skip prompt tokens, so the routing of repeated prompts would be incomplete); async batching
@@ -27,21 +30,30 @@ differently); a seeded model's random tokens hit it within a few hundred request
 request fails. `install_tolerant_decode_stream` swaps in a stream that uses `DecodeStream`
 and, from the token where it raises, decodes the whole sequence instead (in this process
 only; transformers and tokenizers are not modified).
-SIGTERM or SIGINT stop the server gracefully and close the routing log.
+SIGTERM or SIGINT stop the server gracefully and close the routing log; so does the death
+of the process that started it (artifact.engines.lifeline). A port it cannot bind (taken by
+another process) makes it exit at once, with exit code 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
 from importlib import metadata
+from pathlib import Path
 
 from artifact.core.errors import ArtifactError
+from artifact.core.io import resolve_within
+from artifact.engines.base import CAPTURE_DIR_ENV, CONTROL_TOKEN_ENV, CONTROL_TOKEN_HEADER
+from artifact.engines.lifeline import watch_parent
 from artifact.engines.transformers.attention import sdpa_kernels, use_shape_independent_attention
+
+BIND_FAILED = 3  # exit code: the HTTP server could not start (uvicorn logged why)
 
 # The study's knobs -> transformers' continuous-batching config (documented in README).
 KNOB_MAP = {
@@ -175,10 +187,23 @@ def live_provenance(serve, model, recorder, args) -> dict:
     }
 
 
+def capture_target(path: object, folder: str | None) -> Path:
+    """The routing log a control request names, if it lies inside `folder`; else ValueError."""
+    if not folder:
+        raise ValueError(f"routing capture is off: ${CAPTURE_DIR_ENV} names no folder")
+    if not isinstance(path, str) or not path:
+        raise ValueError("'path' must be a file name or null")
+    target = resolve_within(path, folder)
+    if target is None:
+        raise ValueError(f"{path!r} is not inside the capture folder {folder}")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    watch_parent(os.getppid())
     import torch
-    from fastapi import Body, FastAPI
+    from fastapi import Body, FastAPI, Header, HTTPException
 
     from artifact.engines.transformers.routing_capture import (
         RoutingRecorder,
@@ -234,12 +259,24 @@ def main(argv: list[str] | None = None) -> int:
     def provenance() -> dict:
         return live_provenance(serve, model, recorder, args)
 
-    def routing(body: dict = Body(...)) -> dict:  # noqa: B008 - FastAPI's idiom
+    token = os.environ.get(CONTROL_TOKEN_ENV, "")
+    capture_dir = os.environ.get(CAPTURE_DIR_ENV)
+
+    def routing(
+        body: dict = Body(...),  # noqa: B008 - FastAPI's idiom
+        given: str = Header("", alias=CONTROL_TOKEN_HEADER),
+    ) -> dict:
+        if not token or not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(403, f"routing control needs the engine's {CONTROL_TOKEN_HEADER}")
         path = body.get("path")
         if path is None:
             return recorder.stop()
-        recorder.start(path, meta=body.get("meta") or {})
-        return {"recording": path}
+        try:
+            target = capture_target(path, capture_dir)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        recorder.start(target, meta=body.get("meta") or {})
+        return {"recording": str(target)}
 
     app.add_api_route("/artifact/routing", routing, methods=["POST"])
     app.add_api_route("/artifact/provenance", provenance, methods=["GET"])
@@ -252,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     # and was killed (on CPU they stopped at once); likely the signal landed on one of CUDA's
     # threads, and the main thread's lock wait never woke to run the handler. Now ~1 s.
     while not stop.wait(timeout=0.5):
-        pass
+        if not serve._thread.is_alive():  # uvicorn could not bind, or crashed
+            print("artifact: the HTTP server stopped; exiting", flush=True)
+            recorder.detach()
+            os._exit(BIND_FAILED)
     print("artifact: stopping", flush=True)
     t0 = time.perf_counter()
     recorder.detach()  # closes the routing log first: nothing recorded is lost

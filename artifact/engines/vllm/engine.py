@@ -49,7 +49,7 @@ from artifact.config.profiles import Mode, project_root
 from artifact.core.errors import ArtifactError, ServerRefused, StageFailed
 from artifact.core.io import atomic_write_json
 from artifact.core.layout import RunLayout, UnitDir
-from artifact.engines.base import Engine, Server, ServerLimits, free_port, log_tail
+from artifact.engines.base import Engine, Server, ServerLimits, log_tail, spawn
 from artifact.engines.vllm.plugin import CONTROL_ENV
 from artifact.engines.vllm.provenance import (
     FLASHINFER,
@@ -516,17 +516,17 @@ class VllmEngine(Engine):
         return self.launch_args(mode, inner, env, binds, container)
 
     # --- running it -----------------------------------------------------------------------
-    def start(
+    def launch(
         self,
         mode_name: str,
         limits: ServerLimits,
         log_path: Path,
+        port: int,
         nsys_report: Path | None = None,
     ) -> VllmServer:
         mode = self.profile.modes[mode_name]
         self.validate_mode(mode_name, mode)
         engine = self.profile.engine
-        port = free_port(engine.host)
         log_path = Path(log_path).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         container = None
@@ -559,14 +559,7 @@ class VllmEngine(Engine):
             log.write((LAUNCH_PREFIX + json.dumps(launch, sort_keys=True) + "\n").encode())
             log.flush()
             try:
-                process = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                )
+                process = spawn(argv, log, env)
             except FileNotFoundError:
                 where = "venv" if engine.venv else "launcher"
                 raise ArtifactError(

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from artifact.core.io import resolve_within
 from artifact.engines.vllm.plugin import CONTROL_ENV, logger
 from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
 
@@ -174,7 +175,11 @@ class Recorder:
             return
         self._serial = control.get("serial")
         self._close()
-        self._pending = control if control.get("path") and self.logs else None
+        wanted = control.get("path")
+        if wanted and resolve_within(wanted, control_path.parent) is None:
+            logger.warning("routing log %s is outside %s: not written", wanted, control_path.parent)
+            wanted = None
+        self._pending = control if wanted and self.logs else None
         if self._pending is not None and self.layers is not None:
             self._open(self._pending)
 
