@@ -86,7 +86,8 @@ def vllm_client(vllm: str, url: str, model: str, prompts: Path, n: int, args, ou
         subprocess.run(argv, check=True, stdout=fh, stderr=subprocess.STDOUT, timeout=1800)
 
 
-def our_client(url: str, model: str, prompts: Path, args, out: Path) -> None:
+def our_client(url: str, model: str, prompts: Path, args, label: str) -> None:
+    """Writes `<label>.rep00.json` into args.out."""
     run_cli(
         "bench-client",
         "--base-url", url,
@@ -97,8 +98,8 @@ def our_client(url: str, model: str, prompts: Path, args, out: Path) -> None:
         "--request-rate", "inf",
         "--warmup-requests", "1",
         "--metric-percentiles", "50,99",
-        "--label", out.stem,
-        "--result-dir", str(out.parent),
+        "--label", label,
+        "--result-dir", str(args.out),
         "--seed", str(args.seed),
     )  # fmt: skip
 
@@ -142,7 +143,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "crosscheck-vllm-cpu" / "xc")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -172,9 +173,8 @@ def main() -> int:
                 vllm, server.base_url, server.model_id, vllm_prompts, len(records), args, target
             )
             rounds["vllm"].append(summary(target))
-            target = args.out / f"ours-{i}.json"
-            our_client(server.base_url, server.model_id, ours_prompts, args, target)
-            rounds["ours"].append(summary(target))
+            our_client(server.base_url, server.model_id, ours_prompts, args, f"ours-{i}")
+            rounds["ours"].append(summary(args.out / f"ours-{i}.rep00.json"))
             print(f"round {i + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)")
         provenance = server.provenance()
     text, rows = table(rounds)
