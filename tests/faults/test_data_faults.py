@@ -227,7 +227,8 @@ def test_full_disk_is_one_line_and_keeps_every_unit(run, tmp_path, capsys):
                 fh.write(b"\0" * 4096)
         assert main(["bench", *args]) == 2
         line = one_error_line(capsys)
-        assert "manifest.json: No space left on device; free some space" in line
+        # the first write of a stage (the run-dir lock's holder record, then the manifest)
+        assert f"{full}/" in line and ": No space left on device; free some space" in line
         assert units(full) == before
         filler.unlink()
         victim = sorted(before)[0]
