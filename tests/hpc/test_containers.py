@@ -69,10 +69,10 @@ def test_both_definitions_install_the_same_things():
 def test_install_script_pins_vllm_and_installs_the_plugin_and_nsys():
     script = (CONTAINERS / "install.sh").read_text()
     assert "VLLM_USE_PRECOMPILED=1" in script and "checkout --detach" in script
-    assert "vllm[flashinfer]==${VLLM_REF#v}" in script  # tags: the release wheel
+    assert '"vllm[flashinfer]==${VLLM_REF#v}"' in script  # tags: the release wheel
     assert "[flashinfer]" in script and "NSYS_PACKAGE" in script
-    assert 'install -e "${SRC}[hpc,test]"' in script  # the artifact and its plugin
-    assert "image-info.json" in script
+    assert '"${pip_c[@]}" -e "${SRC}[hpc]"' in script  # the artifact and its plugin
+    assert "image-info.json" in script and "--selftest /opt/moe-artifact/selftest.json" in script
 
 
 def test_image_info_records_versions(tmp_path):

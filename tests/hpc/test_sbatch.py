@@ -196,7 +196,8 @@ def test_install_script_makes_the_venv_then_runs_the_install_stage(tmp_path):
         ["bash", str(SCRIPTS / "install.sh")], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert f"-m pip install --quiet -e {REPO}[hpc] nox" in pip_calls.read_text()
+    lock = REPO / "reproduce" / "constraints" / "hpc.txt"
+    assert f"-m pip install --quiet --constraint {lock} -e {REPO}[hpc] nox" in pip_calls.read_text()
     model = json.loads((run_dir / "install" / "model.json").read_text())
     assert model["model_dir"].startswith(str(tmp_path / "scratch" / "moe-artifact" / "hf"))
     podman = (tmp_path / "podman-calls").read_text()
