@@ -412,10 +412,8 @@ class BenchStage(Stage):
         return validate_record(provenance, Provenance, path, "the engine did not report it")
 
     def _profile_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
-        """One pass of the unit's prompts on its own server under `nsys profile`.
-
-        The report is written when the profiled server exits, so the server is stopped
-        gracefully before the report is looked for."""
+        """One pass of the unit's prompts on its own server under nsys, collected only
+        around the pass (after start-up and warm-up; `server.profile_window()`)."""
         shutil.rmtree(folder.path, ignore_errors=True)  # partial output of an interrupted pass
         report = folder.nsys_report
         log = folder.server_log
@@ -424,15 +422,16 @@ class BenchStage(Stage):
         try:
             capabilities = self._warm_up(server, unit)
             provenance = self._provenance(engine, server, unit, folder.provenance)
-            result = asyncio.run(
-                run_benchmark(
-                    bench_config(server.base_url, server.model_id, unit.bench),
-                    prompts,
-                    label=PROFILE_LABEL,
-                    server_info={**server_info(unit, provenance), "nsys_report": report.name},
-                    capabilities=capabilities,
+            with server.profile_window():  # the report holds this pass only
+                result = asyncio.run(
+                    run_benchmark(
+                        bench_config(server.base_url, server.model_id, unit.bench),
+                        prompts,
+                        label=PROFILE_LABEL,
+                        server_info={**server_info(unit, provenance), "nsys_report": report.name},
+                        capabilities=capabilities,
+                    )
                 )
-            )
             server.check_alive(f"{unit.key} (profiled pass)")
         finally:
             code = server.stop()

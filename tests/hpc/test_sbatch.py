@@ -204,6 +204,6 @@ def test_install_script_makes_the_venv_then_runs_the_install_stage(tmp_path):
     assert podman.count('"migrate"') == 2 and "hf_test_token_value" not in podman + result.stderr
 
 
-def test_finish_job_loads_nsight_systems_for_nsys_stats():
+def test_finish_job_runs_nsys_stats_in_the_image_not_a_host_module():
     text = (SCRIPTS / "finish.sbatch").read_text()
-    assert "command -v nsys" in text and "module load nsight-systems" in text
+    assert "module load nsight-systems" not in text and "command -v podman-hpc" in text
