@@ -267,3 +267,12 @@ parallel = _stage_session(
     "GPU only, not in `reproduce`: one MoE layer, TP vs EP over NCCL on this machine's GPUs "
     "(torchrun); `-- --device cpu --shape 64,128,8,2` runs it on CPU with gloo.",
 )
+
+
+@nox.session(venv_backend="none", default=False)
+def preflight(session: nox.Session) -> None:
+    """Write the 20-minute preflight job of a vLLM profile (`-- --profile perlmutter`; add
+    `--submit` to sbatch it): a seeded small Mixtral served in every mode from the real images."""
+    python = _python(session, _extras(session.posargs))
+    script = str(ROOT / "reproduce" / "perlmutter" / "preflight.py")
+    session.run(python, script, *session.posargs, external=True)
