@@ -87,20 +87,19 @@ def check_pins(dist: metadata.Distribution) -> dict[str, str]:
     """torch, triton and transformers against the requirements of vLLM (triton: or of torch)."""
     from packaging.specifiers import SpecifierSet
 
-    found = {}
-    torch = metadata.distribution("torch") if requirement(dist, "torch") else None
+    found: dict[str, str] = {}
     for name in ("torch", "transformers", "triton"):
-        owner = dist
-        req = requirement(dist, name)
-        if req is None and name == "triton" and torch is not None:
-            owner, req = torch, requirement(torch, "triton")
+        owner, req = dist, requirement(dist, name)
+        if req is None and name == "triton" and "torch" in found:
+            owner = metadata.distribution("torch")
+            req = requirement(owner, "triton")
+        if req is None:
+            continue
         try:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
-            raise Failed(f"{name} is not installed; vLLM {dist.version} needs it") from None
+            raise Failed(f"{name} is not installed; {owner.metadata['Name']} needs it") from None
         found[name] = installed
-        if req is None:
-            continue
         # a pin with a build label (torch==2.8.0+cpu) names a variant of that version
         spec = SpecifierSet(re.sub(r"\+[\w.]+", "", str(req.specifier)))
         if not spec.contains(installed, prereleases=True):

@@ -22,14 +22,15 @@ INSTALL = REPO / "containers" / "install.sh"
 STUDY = "2f13319f47eb9a78b471c5ced0fcf90862cd16a2"
 
 
-def fake_vllm(tmp_path: Path, version: str, *, compiled: bool) -> Path:
+def fake_vllm(tmp_path: Path, version: str, *, compiled: bool, requires: tuple = ()) -> Path:
     """pip-install a wheel `vllm==version` (with a vllm._C module when `compiled`) into a
     folder; returns the folder, to put on PYTHONPATH."""
     wheel = tmp_path / f"vllm-{version}-py3-none-any.whl"
     info = f"vllm-{version}.dist-info"
     files = {
         "vllm/__init__.py": f"__version__ = {version!r}\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
     }
@@ -108,6 +109,27 @@ def test_the_right_commit_passes_the_build_check(tmp_path):
     result = selftest(site, STUDY)
     assert result.returncode == 0, result.stderr
     assert "selftest build: vLLM 0.10.1rc2.dev263+g2f13319f4 ok" in result.stdout
+
+
+def test_torch_and_transformers_must_be_the_ones_vllm_requires(tmp_path):
+    from importlib import metadata
+
+    torch = metadata.version("torch")
+    site = fake_vllm(
+        tmp_path, "0.11.0", compiled=True, requires=(f"torch=={torch}", "transformers<5")
+    )
+    result = selftest(site, "v0.11.0")
+    transformers = metadata.version("transformers")
+    if transformers.startswith("4."):
+        pytest.skip(f"transformers {transformers} here meets <5")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"selftest: transformers {transformers} is installed, but vllm 0.11.0 requires "
+        "transformers<5: install with the image's constraints file"
+    ]
+    (tmp_path / "b").mkdir()
+    site = fake_vllm(tmp_path / "b", "0.11.0", compiled=True, requires=("torch==2.8.0",))
+    assert "torch==2.8.0" in selftest(site, "v0.11.0").stderr
 
 
 def test_install_script_checks_the_build_before_installing_anything_on_top():
