@@ -189,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         script.write_text(job_script(profile_path, run_dir, pre.engine.image, pre.engine.launcher))
         script.chmod(0o755)
         starts = server_starts(pre)
-        sbatch = [
-            "sbatch",
-            *([f"--account={account(profile)}"] if args.submit else []),
-            str(script),
-        ]
+        sbatch = ["sbatch", f"--account={account(profile)}", str(script)] if args.submit else []
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -203,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{starts * EXPECTED_START_S / 60:.0f} min in all, plus the model build and a few "
         f"seconds of requests per start: within the job's {TIME_LIMIT}"
     )
-    if args.submit:
+    if sbatch:
         return subprocess.run(sbatch, check=False).returncode
-    print("submit: " + " ".join(shlex.quote(a) for a in sbatch) + " --account=<project>")
+    print(f"submit: sbatch --account=<project> {shlex.quote(str(script))}")
     return 0
 
 

@@ -105,3 +105,19 @@ def test_the_preflight_job_runs_every_mode_from_its_image(tmp_path):
     assert (run_dir / "check" / "claims.md").is_file()
     assert (run_dir / "cache").is_dir()  # the model, built "in the image" on the node
     print(f"preflight against the stand-ins: {seconds:.0f} s")
+
+
+def test_submit_passes_the_account_and_refuses_without_one(tmp_path, monkeypatch):
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch-args\n')
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{sbatch.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("MOE_ARTIFACT_SLURM_ACCOUNT", "m1234")
+    assert generate(tmp_path / "run", "--submit").returncode == 0
+    script = tmp_path / "run" / "preflight.sbatch"
+    assert (tmp_path / "sbatch-args").read_text().split() == ["--account=m1234", str(script)]
+    monkeypatch.delenv("MOE_ARTIFACT_SLURM_ACCOUNT")
+    refused = generate(tmp_path / "run", "--submit")
+    assert refused.returncode == 2 and "no Slurm account" in refused.stderr
+    assert "Traceback" not in refused.stderr
