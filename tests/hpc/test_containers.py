@@ -94,6 +94,15 @@ def test_image_info_records_versions(tmp_path):
     info = json.loads(out.read_text())
     assert info["variant"] == "cpu" and info["vllm_ref"] is None
     assert info["packages"]["numpy"] and "vllm" in info["packages"]
+    # the build-time self-test's result rides along into install/images.json
+    selftest = tmp_path / "selftest.json"
+    selftest.write_text(json.dumps({"build": {"vllm": "0.11.0"}, "failures": []}))
+    subprocess.run(
+        [sys.executable, str(CONTAINERS / "image_info.py"), "--variant", "gpu",
+         "--vllm-ref", "v0.11.0", "--selftest", str(selftest), "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert json.loads(out.read_text())["selftest"]["build"] == {"vllm": "0.11.0"}
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
