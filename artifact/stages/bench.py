@@ -11,9 +11,9 @@ UNIT as the progress line and the folder under bench/ name it, e.g.
   same for the ablation's fixed prompts (`datasets/eplb_prompts.jsonl`);
 - imbalance: one unit per (mode, dataset); one server per mode, reused across datasets;
 - profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
-  all timed units, one pass of each such unit's prompts on a server of its own run under
-  `nsys profile` (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`, marker
-  `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
+  all timed units, one pass of each such unit's prompts on a server of its own under nsys,
+  collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
+  marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
   runs, and the timed servers never run under nsys (profiling perturbs timing).
 
 Only the selected experiments run (artifact.config.profiles.selected_experiments:
