@@ -90,7 +90,8 @@ def test_the_preflight_job_runs_every_mode_from_its_image(tmp_path):
         capture_output=True, text=True, check=False, env=env, timeout=900,
     )  # fmt: skip
     seconds = time.monotonic() - started
-    assert result.returncode == 0, result.stderr[-4000:]
+    errors = [x for x in result.stderr.splitlines() if x.startswith(("error", "bench", "FAIL"))]
+    assert result.returncode == 0, "\n".join(errors) + result.stderr[-3000:]
     assert "PREFLIGHT OK" in result.stderr, result.stderr[-2000:]
     # every mode served from its own image, the ablation's pass profiled
     calls = (tmp_path / "podman-calls").read_text()
