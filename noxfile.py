@@ -57,7 +57,10 @@ def _python(session: nox.Session, extras: str) -> str:
     env_dir = ROOT / ".nox" / ("artifact-hpc" if "hpc" in extras else "artifact")
     python = env_dir / "bin" / "python"
     stamp = env_dir / ".installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    lock = ROOT / "reproduce" / "constraints" / ("hpc.txt" if "hpc" in extras else "local.txt")
+    want = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + lock.read_bytes() + extras.encode()
+    ).hexdigest()
     if not python.exists():
         session.run(sys.executable, "-m", "venv", str(env_dir), external=True)
     if not stamp.exists() or stamp.read_text() != want:
@@ -69,7 +72,11 @@ def _python(session: nox.Session, extras: str) -> str:
         session.run(
             str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip", external=True
         )
-        session.run(str(python), "-m", "pip", "install", "-e", f".[{extras}]", external=True)
+        session.run(
+            str(python),
+            *("-m", "pip", "install", "--constraint", str(lock), "-e", f".[{extras}]"),
+            external=True,
+        )
         stamp.write_text(want)
         session.log(f"installed [{extras}] into {env_dir} in {time.monotonic() - t0:.0f} s")
     return str(python)
@@ -260,3 +267,12 @@ parallel = _stage_session(
     "GPU only, not in `reproduce`: one MoE layer, TP vs EP over NCCL on this machine's GPUs "
     "(torchrun); `-- --device cpu --shape 64,128,8,2` runs it on CPU with gloo.",
 )
+
+
+@nox.session(venv_backend="none", default=False)
+def preflight(session: nox.Session) -> None:
+    """Write the 20-minute preflight job of a vLLM profile (`-- --profile perlmutter`; add
+    `--submit` to sbatch it): a seeded small Mixtral served in every mode from the real images."""
+    python = _python(session, _extras(session.posargs))
+    script = str(ROOT / "reproduce" / "perlmutter" / "preflight.py")
+    session.run(python, script, *session.posargs, external=True)

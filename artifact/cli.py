@@ -210,6 +210,12 @@ def _provenance() -> Tool:
     return provenance
 
 
+def _plan() -> Tool:
+    from artifact.stages import plan
+
+    return plan
+
+
 def _kernel_loads() -> Tool:
     from artifact.gpu.kernels import loads
 
@@ -281,6 +287,7 @@ TOOLS: tuple[ToolCommand, ...] = (
         "read a vLLM server log: version, parallel sizes, all2all, MoE kernel, EPLB",
         _provenance,
     ),
+    ToolCommand("plan", "what a full run of a vLLM profile does, and its node-hours", _plan),
     ToolCommand(
         "kernel-loads",
         "extract per-step expert loads from routing logs or the study's gate logs into a small "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import re
@@ -398,32 +399,106 @@ def eplb_table(summaries: list[tuple[Path, str]], root: Path | None = None) -> d
 KERNEL_REPORTS = ("cuda_gpu_kern_sum", "gpukernsum")
 
 
-def nsys_version() -> str:
-    """`nsys --version`; a clear error when Nsight Systems is not on PATH."""
-    if shutil.which("nsys") is None:
+# --- the profiled window and the runner of nsys ---------------------------------------------
+#
+# A profiled server runs under `nsys launch` (the application starts with nsys attached, nothing
+# is collected); the bench stage opens the window with `nsys start` after the warm-up and closes
+# it with `nsys stop` after the pass (which writes the report), so model load, vLLM's max-batch
+# profile run and the warm-up never enter the kernel summaries. This works with every vLLM
+# build; vLLM's own cudaProfilerApi hook (VLLM_TORCH_CUDA_PROFILE) is newer than v0.11.0.
+
+
+def session_name(report: Path) -> str:
+    """The nsys session of the server that writes `report` (one per report)."""
+    return "moe-" + hashlib.sha256(str(report).encode()).hexdigest()[:12]
+
+
+def launch_argv(report: Path, trace: str) -> list[str]:
+    """The prefix that runs a server under nsys with collection off until `window_argv`."""
+    return [
+        "nsys",
+        "launch",
+        f"--session-new={session_name(report)}",
+        "--trace",
+        trace,
+        "--trace-fork-before-exec=true",
+    ]
+
+
+def window_argv(report: Path, action: str) -> list[str]:
+    """`nsys start` (collect into `report`) or `nsys stop` (write it) for the server's session."""
+    session = f"--session={session_name(report)}"
+    if action == "start":
+        return ["nsys", "start", session, "--output", str(report), "--force-overwrite=true"]
+    if action == "stop":
+        return ["nsys", "stop", session]
+    raise ValueError(action)
+
+
+def runner(report: Path, folders: tuple[Path, ...] = ()) -> list[str]:
+    """What runs `nsys stats` on `report`: the image whose nsys wrote it, per the launch record
+    that starts the server log beside it (the same launcher; the report's folder and `folders`
+    bound at their paths), or the host's nsys for a bare server."""
+    from artifact.core.layout import UnitDir
+    from artifact.engines.vllm.engine import LAUNCH_PREFIX
+
+    log = UnitDir(report.parent).server_log
+    launch: dict = {}
+    if log.is_file():
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+        if first.startswith(LAUNCH_PREFIX):
+            launch = json.loads(first[len(LAUNCH_PREFIX) :])
+    launcher, image = launch.get("launcher"), launch.get("image")
+    if launcher in (None, "bare") or not image:
+        return ["nsys"]
+    binds = sorted({str(report.parent), *map(str, folders)})
+    if launcher == "podman-hpc":
+        argv = [launcher, "run", "--rm"]
+        for path in binds:
+            argv += ["-v", f"{path}:{path}"]
+    else:
+        argv = [launcher, "exec", "--cleanenv"]
+        for path in binds:
+            argv += ["--bind", f"{path}:{path}"]
+    return [*argv, image, "nsys"]
+
+
+def nsys_version(report: Path | None = None) -> str:
+    """`nsys --version` of what summarizes `report` (the host's without one); a clear error when
+    that nsys cannot be run."""
+    argv = runner(report) if report is not None else ["nsys"]
+    if shutil.which(argv[0]) is None:
         raise ArtifactError(
-            "nsys (Nsight Systems) is not on PATH, and the run has nsys reports to summarize: "
-            "load it (`module load nsight-systems` on Perlmutter, reproduce/perlmutter/"
-            "finish.sbatch does) or install Nsight Systems, then rerun the imbalance stage"
+            f"{argv[0]} is not on PATH, and the run has nsys reports to summarize"
+            + (
+                ": load Nsight Systems (`module load nsight-systems`) or install it, then "
+                "rerun the imbalance stage"
+                if argv == ["nsys"]
+                else f" (their servers ran in {argv[argv.index('nsys') - 1]}): run the "
+                "imbalance stage where that launcher is (reproduce/perlmutter/finish.sbatch)"
+            )
         )
-    proc = subprocess.run(["nsys", "--version"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([*argv, "--version"], capture_output=True, text=True, check=False)
     return proc.stdout.strip() or proc.stderr.strip()
 
 
 def export_kernel_summary(report: Path, csv_path: Path) -> str:
     """Write the report's CUDA GPU kernel summary CSV to `csv_path`; returns the report name
-    nsys knew. The SQLite export nsys needs goes next to `csv_path` (never beside the
-    report, which belongs to another stage) and is removed afterwards."""
+    nsys knew. `nsys stats` runs where the report was written (`runner`). The SQLite export nsys
+    needs goes next to `csv_path` (never beside the report, which belongs to another stage) and
+    is removed afterwards."""
     work = csv_path.parent
     work.mkdir(parents=True, exist_ok=True)
     sqlite = work / f"{csv_path.stem}.sqlite"
     prefix = work / f"{csv_path.stem}.nsys"
+    nsys = runner(report, (work,))
     failures = []
     try:
         for name in KERNEL_REPORTS:
             for old in work.glob(f"{prefix.name}_*.csv"):
                 old.unlink()
-            argv = ["nsys", "stats", "--report", name, "--format", "csv", "--sqlite", str(sqlite)]
+            argv = [*nsys, "stats", "--report", name, "--format", "csv", "--sqlite", str(sqlite)]
             proc = subprocess.run(
                 [*argv, "--output", str(prefix), str(report)],
                 capture_output=True,

@@ -11,9 +11,9 @@ UNIT as the progress line and the folder under bench/ name it, e.g.
   same for the ablation's fixed prompts (`datasets/eplb_prompts.jsonl`);
 - imbalance: one unit per (mode, dataset); one server per mode, reused across datasets;
 - profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
-  all timed units, one pass of each such unit's prompts on a server of its own run under
-  `nsys profile` (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`, marker
-  `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
+  all timed units, one pass of each such unit's prompts on a server of its own under nsys,
+  collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
+  marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
   runs, and the timed servers never run under nsys (profiling perturbs timing).
 
 Only the selected experiments run (artifact.config.profiles.selected_experiments:
@@ -412,10 +412,8 @@ class BenchStage(Stage):
         return validate_record(provenance, Provenance, path, "the engine did not report it")
 
     def _profile_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
-        """One pass of the unit's prompts on its own server under `nsys profile`.
-
-        The report is written when the profiled server exits, so the server is stopped
-        gracefully before the report is looked for."""
+        """One pass of the unit's prompts on its own server under nsys, collected only
+        around the pass (after start-up and warm-up; `server.profile_window()`)."""
         shutil.rmtree(folder.path, ignore_errors=True)  # partial output of an interrupted pass
         report = folder.nsys_report
         log = folder.server_log
@@ -424,15 +422,16 @@ class BenchStage(Stage):
         try:
             capabilities = self._warm_up(server, unit)
             provenance = self._provenance(engine, server, unit, folder.provenance)
-            result = asyncio.run(
-                run_benchmark(
-                    bench_config(server.base_url, server.model_id, unit.bench),
-                    prompts,
-                    label=PROFILE_LABEL,
-                    server_info={**server_info(unit, provenance), "nsys_report": report.name},
-                    capabilities=capabilities,
+            with server.profile_window():  # the report holds this pass only
+                result = asyncio.run(
+                    run_benchmark(
+                        bench_config(server.base_url, server.model_id, unit.bench),
+                        prompts,
+                        label=PROFILE_LABEL,
+                        server_info={**server_info(unit, provenance), "nsys_report": report.name},
+                        capabilities=capabilities,
+                    )
                 )
-            )
             server.check_alive(f"{unit.key} (profiled pass)")
         finally:
             code = server.stop()

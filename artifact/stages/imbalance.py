@@ -85,7 +85,7 @@ def kernel_summaries(ctx: StageContext) -> dict[Path, Path]:
     reports = layout.bench_reports()
     if not reports:
         return {}
-    console.print(f"  nsys: {nsys_version()}; {len(reports)} report(s) to summarize")
+    console.print(f"  nsys: {nsys_version(reports[0])}; {len(reports)} report(s) to summarize")
     summaries = {}
     for report in track(reports, "nsys kernel summaries"):
         rel = report.relative_to(layout.stage("bench"))

@@ -18,7 +18,8 @@ if [[ ! -x "$HOST_VENV/bin/python" ]]; then
     python3 -m venv "$HOST_VENV"
 fi
 "$HOST_VENV/bin/python" -m pip install --quiet --upgrade pip
-"$HOST_VENV/bin/python" -m pip install --quiet -e "${ARTIFACT_ROOT}[hpc]" nox
+"$HOST_VENV/bin/python" -m pip install --quiet \
+    --constraint "$ARTIFACT_ROOT/reproduce/constraints/hpc.txt" -e "${ARTIFACT_ROOT}[hpc]" nox
 
 cd "$ARTIFACT_ROOT"
 "$HOST_VENV/bin/python" -m artifact install --profile "$PROFILE" --run-dir "$RUN_DIR" "$@"

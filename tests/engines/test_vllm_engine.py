@@ -25,7 +25,7 @@ from artifact.core.records import VllmSurfaceRecord, write_record
 from artifact.engines.base import ServerLimits, get_engine
 from artifact.engines.vllm.engine import VllmEngine, flag_names
 from artifact.engines.vllm.surface import cli_surface, from_dump
-from artifact.profiling.nsys import read_kernel_summary
+from artifact.profiling.nsys import read_kernel_summary, session_name
 from artifact.routing.format import RoutingHeader, RoutingLog, RoutingWriter, layer_totals
 from artifact.stages.serve import smoke_completion
 
@@ -273,7 +273,8 @@ def test_jit_cache_in_the_run_directory_without_scratch(tmp_path, monkeypatch):
     """No $SCRATCH: the caches go to the run directory; start() creates the bind source."""
     monkeypatch.delenv("SCRATCH", raising=False)
     bin_dir = tmp_path / "bin"
-    install(bin_dir, "podman-hpc")  # its `run` of a server fails: the server dies at start
+    install(bin_dir, "podman-hpc")  # runs the stand-in vllm, told to die at start
+    monkeypatch.setenv("FAKE_DIE", "1")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PODMAN_CALLS", str(tmp_path / "calls"))
     raw = perlmutter_raw()
@@ -310,8 +311,18 @@ def test_apptainer_and_bare_and_nsys(tmp_path, monkeypatch):
     cache = "/s/moe-artifact/jit-cache/moe-artifact-vllm_2f13319f.sif"
     assert f"{cache}:{cache}" in binds and f"VLLM_CACHE_ROOT={cache}/vllm" in argv
     inner = argv[argv.index("/images/moe-artifact-vllm_2f13319f.sif") + 1 :]
-    assert inner[:5] == ["nsys", "profile", "--trace", "cuda,nvtx", "--trace-fork-before-exec=true"]
-    assert inner[inner.index("--output") + 1] == "/r/x"
+    # under nsys with nothing collected until the bench opens the window (nsys start/stop)
+    session = f"--session-new={session_name(Path('/r/x'))}"
+    assert inner[:7] == [
+        "nsys",
+        "launch",
+        session,
+        "--trace",
+        "cuda,nvtx",
+        "--trace-fork-before-exec=true",
+        "vllm",
+    ]
+    assert "--output" not in inner and "--delay" not in inner
     raw["engine"]["launcher"] = "bare"
     raw["engine"]["hf_home"] = "$UNSET_VARIABLE_XYZ/hf"
     eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
@@ -424,6 +435,7 @@ def test_nsys_runs_only_when_asked_and_writes_its_report_at_stop(tmp_path, fake_
         assert server.provenance()["launch"]["argv"][:2] == ["vllm", "serve"]
     report = tmp_path / "p" / "server.nsys-rep"
     with eng.start("baseline", LIMITS, tmp_path / "p" / "server.log", nsys_report=report) as server:
-        assert server.provenance()["launch"]["argv"][:2] == ["nsys", "profile"]
-        assert not report.exists()  # nsys writes it when the profiled process ends
-    assert read_kernel_summary(report)[0].name == "fused_moe_kernel"
+        assert server.provenance()["launch"]["argv"][:2] == ["nsys", "launch"]
+        with server.profile_window():
+            assert not report.exists()  # nothing before `nsys stop`
+        assert read_kernel_summary(report)[0].name == "fused_moe_kernel"

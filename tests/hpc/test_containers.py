@@ -69,10 +69,10 @@ def test_both_definitions_install_the_same_things():
 def test_install_script_pins_vllm_and_installs_the_plugin_and_nsys():
     script = (CONTAINERS / "install.sh").read_text()
     assert "VLLM_USE_PRECOMPILED=1" in script and "checkout --detach" in script
-    assert "vllm[flashinfer]==${VLLM_REF#v}" in script  # tags: the release wheel
+    assert '"vllm[flashinfer]==${VLLM_REF#v}"' in script  # tags: the release wheel
     assert "[flashinfer]" in script and "NSYS_PACKAGE" in script
-    assert 'install -e "${SRC}[hpc,test]"' in script  # the artifact and its plugin
-    assert "image-info.json" in script
+    assert '"${pip_c[@]}" -e "${SRC}[hpc]"' in script  # the artifact and its plugin
+    assert "image-info.json" in script and "--selftest /opt/moe-artifact/selftest.json" in script
 
 
 def test_image_info_records_versions(tmp_path):
@@ -94,6 +94,15 @@ def test_image_info_records_versions(tmp_path):
     info = json.loads(out.read_text())
     assert info["variant"] == "cpu" and info["vllm_ref"] is None
     assert info["packages"]["numpy"] and "vllm" in info["packages"]
+    # the build-time self-test's result rides along into install/images.json
+    selftest = tmp_path / "selftest.json"
+    selftest.write_text(json.dumps({"build": {"vllm": "0.11.0"}, "failures": []}))
+    subprocess.run(
+        [sys.executable, str(CONTAINERS / "image_info.py"), "--variant", "gpu",
+         "--vllm-ref", "v0.11.0", "--selftest", str(selftest), "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert json.loads(out.read_text())["selftest"]["build"] == {"vllm": "0.11.0"}
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

@@ -196,13 +196,14 @@ def test_install_script_makes_the_venv_then_runs_the_install_stage(tmp_path):
         ["bash", str(SCRIPTS / "install.sh")], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert f"-m pip install --quiet -e {REPO}[hpc] nox" in pip_calls.read_text()
+    lock = REPO / "reproduce" / "constraints" / "hpc.txt"
+    assert f"-m pip install --quiet --constraint {lock} -e {REPO}[hpc] nox" in pip_calls.read_text()
     model = json.loads((run_dir / "install" / "model.json").read_text())
     assert model["model_dir"].startswith(str(tmp_path / "scratch" / "moe-artifact" / "hf"))
     podman = (tmp_path / "podman-calls").read_text()
     assert podman.count('"migrate"') == 2 and "hf_test_token_value" not in podman + result.stderr
 
 
-def test_finish_job_loads_nsight_systems_for_nsys_stats():
+def test_finish_job_runs_nsys_stats_in_the_image_not_a_host_module():
     text = (SCRIPTS / "finish.sbatch").read_text()
-    assert "command -v nsys" in text and "module load nsight-systems" in text
+    assert "module load nsight-systems" not in text and "command -v podman-hpc" in text

