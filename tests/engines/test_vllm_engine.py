@@ -349,6 +349,8 @@ def test_start_health_provenance_routing_and_stop(tmp_path, fake_vllm):
         problems = eng.check_provenance("all2all", ServerLimits(8, 2048), prov)
         assert any("max-num-seqs: claimed 8" in p for p in problems)
         # routing capture: four requests on four DP ranks, merged into one file
+        with pytest.raises(StageFailed, match="inside the server's folder"):
+            server.start_routing(run / "elsewhere.routing")  # refused at once, not after 60 s
         routing = run / "bench" / "all2all" / "run.rep00.routing"
         server.start_routing(routing, meta={"unit": "u"})
         for _ in range(4):

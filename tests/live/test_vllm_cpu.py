@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from artifact.config.profiles import load_profile, profile_dir, project_root
+from artifact.core.errors import StageFailed
 from artifact.core.layout import RunLayout
 from artifact.core.records import (
     ModelRecord,
@@ -188,7 +189,9 @@ def test_a_direct_capture_on_the_live_server(tp1_server, tmp_path):
     from artifact.stages.serve import smoke_completion
 
     server, _ = tp1_server
-    routing = tmp_path / "direct.routing"
+    with pytest.raises(StageFailed, match="inside the server's folder"):
+        server.start_routing(tmp_path / "elsewhere.routing")
+    routing = server.log_path.parent / "direct.routing"
     server.start_routing(routing, meta={"unit": "direct"})
     usage = [smoke_completion(server.base_url, server.model_id)["usage"] for _ in range(3)]
     stats = server.stop_routing()

@@ -48,7 +48,7 @@ from typing import NoReturn
 
 from artifact.config.profiles import Mode, project_root
 from artifact.core.errors import ArtifactError, ServerRefused, StageFailed
-from artifact.core.io import atomic_write_json
+from artifact.core.io import atomic_write_json, resolve_within
 from artifact.core.layout import RunLayout, UnitDir
 from artifact.engines.base import Engine, Server, ServerLimits, log_tail, spawn
 from artifact.engines.vllm.plugin import CONTROL_ENV
@@ -188,7 +188,14 @@ class VllmServer(Server):
 
         if self._routing is not None:
             self.stop_routing()
-        path = Path(path).resolve()
+        # The plugin writes only inside the control file's folder (the unit's directory).
+        inside = resolve_within(path, self.control_path.parent)
+        if inside is None:
+            raise StageFailed(
+                f"{path}: a routing log must lie inside the server's folder "
+                f"{self.control_path.parent} (the vLLM plugin writes nowhere else)"
+            )
+        path = inside
         path.parent.mkdir(parents=True, exist_ok=True)
         for old in path.parent.glob(f"{path.name}.rank*"):
             old.unlink()
