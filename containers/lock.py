@@ -50,7 +50,8 @@ LOCKS = {
     ),
     f"vllm-{STUDY_COMMIT}": Lock(
         f"containers/constraints/vllm-{STUDY_COMMIT}.txt",
-        ("-r requirements/cuda.txt", "transformers<5"),  # read in --vllm-src
+        # read in --vllm-src; flashinfer: the commit's setup.py `flashinfer` extra, installed too
+        ("-r requirements/cuda.txt", "transformers<5", "flashinfer-python==0.2.14.post1"),
         ("hpc",),
         IMAGE_PYTHON,
         IMAGE_PLATFORM,

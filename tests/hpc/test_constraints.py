@@ -60,8 +60,6 @@ def pins(path: Path) -> dict[str, tuple[str, str | None]]:
 def test_every_lock_exists_pins_once_and_meets_the_artifacts_requirements(name):
     lock = LOCKS[name]
     path = REPO / lock.path
-    if STUDY_COMMIT in name:
-        pytest.skip(f"{path.name}: made from the 2f13319f checkout (GitHub), not reachable here")
     pinned = pins(path)
     import tomllib
 
@@ -95,6 +93,18 @@ def test_the_v011_image_lock_holds_vllms_own_pins_and_transformers_4():
     assert "flashinfer-python" in pinned
     # the artifact's `test` extra (triton==3.6.0) is not in an image
     assert "pytest" not in pinned and "hypothesis" not in pinned
+
+
+def test_the_study_commit_lock_holds_its_own_requirement_pins():
+    """Made from 2f13319f's requirements/cuda.txt (torch 2.7.1 and what must move with it)."""
+    pinned = pins(REPO / LOCKS[f"vllm-{STUDY_COMMIT}"].path)
+    wanted = {"torch": "2.7.1", "torchaudio": "2.7.1", "torchvision": "0.22.1"}
+    wanted |= {"xformers": "0.0.31", "triton": "3.3.1", "flashinfer-python": "0.2.14.post1"}
+    for name, version in wanted.items():
+        assert pinned[name][0] == version, name
+    # common.txt: transformers >= 4.55.2; vLLM of that time predates transformers 5
+    assert Version("4.55.2") <= Version(pinned["transformers"][0]) < Version("5")
+    assert "pytest" not in pinned and "vllm" not in pinned
 
 
 def test_every_install_uses_its_lock():
