@@ -347,3 +347,29 @@ def test_a_control_file_naming_a_log_outside_its_folder_writes_nothing(vllm, tmp
         runner.execute_model(scheduled(SchedulerOutput, reqs, *batch(gen, reqs)[:2]))
     assert not list(tmp_path.parent.glob(f"{victim.name}*"))
     assert Path(f"{tmp_path / 'ok.routing'}.rank0").exists()
+
+
+def test_the_layer_hooks_never_wait_for_the_device_and_copy_once_per_step(vllm, tmp_path):
+    """Router logits on `meta` (tests/fixtures/meta_device.py): a host sync inside a layer hook
+    (bincount, boolean-mask indexing, .item()) raises there and the hook warns; the step's
+    counts reach the host in one copy."""
+    from meta_device import HostCopies
+
+    from artifact.engines.vllm.plugin import hooks
+
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    runner = Runner([moe.FusedMoE(f"l{i}") for i in range(LAYERS)])
+    runner._dummy_run(2)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    plans = [{"a": (0, 5, 5), "b": (7, 7, 1)}, {"a": (5, 5, 1), "b": (8, 7, 1)}]
+    with HostCopies() as copies:
+        for reqs in plans:
+            total = sum(n for _, _, n in reqs.values())
+            logits = [torch.empty(total, E, device="meta") for _ in range(LAYERS)]
+            runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
+    assert hooks.recorder().warnings == []
+    assert copies.count == len(plans)
+    control(tmp_path, None, 2)
+    done = json.loads(Path(f"{cap}.rank0.done").read_text())
+    assert done["tokens"] == {"prefill": 5, "decode": 3, "unknown": 0}

@@ -13,6 +13,9 @@ Counts are per global expert id. With EPLB, `select_experts` returns physical id
 included); the hooks then recount the logical choice from the router logits (plain
 softmax top-k, Mixtral's routing) and say so in the header (`meta.ids`).
 
+No host sync per layer: each layer's ids are counted on their device into one accumulator per
+step (artifact.routing.counting), copied to the host once when the step ends.
+
 Control: the server writes a JSON control file (`MOE_ARTIFACT_ROUTING_CONTROL`):
 `{"path": "/run/x.routing", "meta": {...}}` starts a capture, `{"path": null}` stops it. A
 thread polls it (every 0.2 s) so a stop lands while the engine is idle; each rank then
@@ -35,7 +38,8 @@ import numpy as np
 
 from artifact.core.io import resolve_within
 from artifact.engines.vllm.plugin import CONTROL_ENV, logger
-from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+from artifact.routing.counting import PassCounts
+from artifact.routing.format import PHASES, RoutingHeader, RoutingWriter
 
 POLL_S = 0.2
 _installed = False
@@ -255,10 +259,12 @@ class Recorder:
                 self.discover_layers()
             if self._pending is not None and self.layers is not None:
                 self._open(self._pending)
-            local.writer = self.writer if self.logs else None
+            writer = local.writer = self.writer if self.logs else None
+            local.counts = None
+            if writer is not None:
+                local.counts = PassCounts(len(self.moe_layers()), writer.header.num_experts)
         local.scheduler_output = scheduler_output
         local.dummy = dummy
-        local.rows = {}
         local.mask = None
         local.layer = None
 
@@ -268,25 +274,21 @@ class Recorder:
         if local.depth > 0:
             return
         writer: RoutingWriter | None = getattr(local, "writer", None)
-        rows = local.rows
-        local.writer, local.rows = None, {}
-        if writer is None:
+        counts: PassCounts | None = getattr(local, "counts", None)
+        local.writer, local.counts = None, None
+        if writer is None or counts is None:
             return
         with self.lock:
             if writer is not self.writer:
                 return  # the capture stopped (or restarted) during this step
             if local.dummy:
                 self.dummy_steps += 1
+            rows = counts.rows(self.step)  # the step's one copy to the host
             if rows:
-                keys = sorted(rows)
-                stacked = _stack([rows[k][1] for k in keys])
-                out = []
-                for (layer, phase), counts in zip(keys, stacked, strict=True):
-                    ntok = rows[(layer, phase)][0]
-                    out.append((self.step, layer, phase, ntok, counts))
+                for _, layer, phase, ntok, _ in rows:
                     if layer == 0:
-                        self.tokens[_PHASE_NAME[phase]] += ntok
-                writer.write_step(out)
+                        self.tokens[PHASES[phase]] += ntok
+                writer.write_step(rows)
                 self.steps_written += 1
             self.step += 1
 
@@ -354,27 +356,8 @@ class Recorder:
         real = self._real_tokens(local_tokens)
         if not chunked:
             ids = ids[:real]
-        mask = None if chunked else self._prefill_mask(real, ids.device)
-        experts = local.writer.header.num_experts
-        flat = ids.reshape(ids.shape[0], -1)
-        if mask is None:
-            self._add(index, PHASE_CODE["unknown"], flat, experts)
-        else:
-            self._add(index, PHASE_CODE["prefill"], flat[mask], experts)
-            self._add(index, PHASE_CODE["decode"], flat[~mask], experts)
-
-    def _add(self, layer: int, phase: int, ids: Any, experts: int) -> None:
-        if ids.shape[0] == 0:
-            return
-        import torch
-
-        counts = torch.bincount(ids.reshape(-1).to(torch.int64), minlength=experts)[:experts]
-        key = (layer, phase)
-        if key in self.local.rows:
-            ntok, previous = self.local.rows[key]
-            self.local.rows[key] = (ntok + int(ids.shape[0]), previous + counts)
-        else:
-            self.local.rows[key] = (int(ids.shape[0]), counts)
+        # no host sync from here on: slices, and counting on the ids' device
+        local.counts.add(index, ids, None if chunked else self._prefill_mask(real))
 
     def _logical_ids(self, args: dict, ids: Any) -> Any:
         """Logical expert ids when EPLB maps them to physical replicas (softmax top-k)."""
@@ -416,26 +399,18 @@ class Recorder:
             return total
         return local_tokens
 
-    def _prefill_mask(self, real: int, device: Any) -> Any:
-        """bool[real]: True for prompt tokens (position < prompt length), None if unknown."""
+    def _prefill_mask(self, real: int) -> np.ndarray | None:
+        """bool[real] on the host: True for prompt tokens (position < prompt length), None if
+        unknown. Made once per step: the counts send it to the device once."""
         local = self.local
-        if local.mask is not None and int(local.mask.shape[0]) == real:
-            return local.mask
-        mask = phase_mask(self.runner, local.scheduler_output, real)
-        if mask is None:
-            return None
-        import torch
-
-        local.mask = torch.from_numpy(mask).to(device)
+        if local.mask is None or local.mask.shape[0] != real:
+            local.mask = phase_mask(self.runner, local.scheduler_output, real)
         return local.mask
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
             logger.warning("moe-artifact routing: %s", message)
-
-
-_PHASE_NAME = {code: name for name, code in PHASE_CODE.items()}
 
 
 def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | None:
@@ -468,12 +443,6 @@ def layer_type(module: Any) -> str:
     method = getattr(module, "quant_method", None)
     name = type(module).__name__
     return f"{name} ({type(method).__name__})" if method is not None else name
-
-
-def _stack(tensors: list) -> list[np.ndarray]:
-    import torch
-
-    return list(torch.stack(tensors).to("cpu").numpy())
 
 
 def _vllm_version() -> str:
