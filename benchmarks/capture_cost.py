@@ -9,11 +9,13 @@ seed on the profile's device, or reuses its cache (no download), unless --model-
 model folder. The datasets stage writes the sweep prompts (reused when up to date). One server
 runs everything: a warm-up round of each arm (not counted), then --rounds rounds of the same
 prompts with the sweep's client settings, capture on (start_routing ... stop_routing around the
-run, the log in the server's folder, its totals checked as the bench stage checks them) and off,
-in A/B then B/A order alternately. Per metric it prints the median of each arm, on / off and
-each arm's run-to-run spread ((max - min) / median); a ratio outside 1 +/- the larger spread is
-beyond noise, marked `*`. Writes the figures to --out (JSON) and each run's result file beside
-it. The target is a capture cost under 2% of TPOT.
+run, the log in the server's folder, its totals checked as the bench stage checks them) and
+off, in A/B then B/A order alternately. Per metric it prints the median of each arm, on / off
+and each arm's run-to-run spread ((max - min) / median); a ratio outside 1 +/- the larger
+spread is beyond noise, marked `*`. Then on / off within each round (its two runs are next to
+each other in time, so a slow drift of the machine's load cancels): median, min and max. Writes
+the figures to --out (JSON) and each run's result file beside it. The target is a capture cost
+under 2% of TPOT.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -57,6 +60,21 @@ METRICS = [
     ("output throughput (tok/s)", "output_throughput"),
 ]
 ARMS = ("off", "on")  # the first round's order; the table shows on / off
+
+
+def paired(rounds: dict[str, list[dict[str, float]]], rows: list[dict]) -> str:
+    """on / off within each round (the two runs next to each other in time: a drift of the
+    machine's load cancels), added to `rows`; the table of their median and range."""
+    lines = ["| metric | on / off within a round (median) | min | max |", "|---|---:|---:|---:|"]
+    for row in rows:
+        key = row["key"]
+        ratios = [a[key] / b[key] for a, b in zip(rounds["on"], rounds["off"], strict=True)]
+        row["paired_ratios"] = ratios
+        lines.append(
+            f"| {row['metric']} | {statistics.median(ratios):.3f} | {min(ratios):.3f} "
+            f"| {max(ratios):.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -121,6 +139,7 @@ def measure(args: argparse.Namespace) -> dict:
             print(f"round {i + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)")
         provenance = server.provenance()
     text, rows = table(rounds, (("off", "off"), ("on", "capture on")), METRICS)
+    text += "\n" + paired(rounds, rows)
     header = (
         f"routing capture cost: {profile.name} profile, {provenance.get('engine')} engine, "
         f"mode {mode} on {profile.engine.device}, max-num-seqs {limits.max_num_seqs}, "

@@ -2,8 +2,9 @@
 
 Per forward pass the recorder writes, for each MoE layer, the number of tokens and the
 per-expert counts of the top-k choice into a moe-routing log (artifact.routing.format), split by
-phase: prompt tokens (prefill) and generated tokens fed back (decode). The counts are
-accumulated on the device (artifact.routing.counting): no host sync per layer, one copy per pass.
+phase: prompt tokens (prefill) and generated tokens fed back (decode). A router's hook only
+keeps its ids; the pass's end counts them on the device and copies the counts to the host once
+(artifact.routing.counting): no host sync per layer.
 
 How prompt and generated tokens are told apart under continuous batching: transformers'
 `ContinuousBatchingIOs.prepare_batch_tensors` lays the pass out request by request; for each
@@ -186,7 +187,7 @@ class RoutingRecorder:
         else:  # padding lies past the published tokens
             mask = layout.prompt_mask
             indices = indices[: mask.size]
-        # counted on the device: one host copy per pass (in _end_pass), none per layer
+        # counted on the device when the pass ends, with one host copy (none per layer)
         self._counts.add(self.layer_index[id(module)], indices, mask)
 
     def _end_pass(self, module, inputs, output) -> None:

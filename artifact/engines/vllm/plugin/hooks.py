@@ -13,8 +13,9 @@ Counts are per global expert id. With EPLB, `select_experts` returns physical id
 included); the hooks then recount the logical choice from the router logits (plain
 softmax top-k, Mixtral's routing) and say so in the header (`meta.ids`).
 
-No host sync per layer: each layer's ids are counted on their device into one accumulator per
-step (artifact.routing.counting), copied to the host once when the step ends.
+No host sync and no kernel launch per layer: a layer's hook keeps its ids (a reference) and
+the host-side phase of each token; the step's end counts them all on their device and copies
+the counts to the host once (artifact.routing.counting).
 
 Control: the server writes a JSON control file (`MOE_ARTIFACT_ROUTING_CONTROL`):
 `{"path": "/run/x.routing", "meta": {...}}` starts a capture, `{"path": null}` stops it. A
@@ -283,7 +284,7 @@ class Recorder:
                 return  # the capture stopped (or restarted) during this step
             if local.dummy:
                 self.dummy_steps += 1
-            rows = counts.rows(self.step)  # the step's one copy to the host
+            rows = counts.rows(self.step)  # the step's counting and its one copy to the host
             if rows:
                 for _, layer, phase, ntok, _ in rows:
                     if layer == 0:
@@ -356,7 +357,7 @@ class Recorder:
         real = self._real_tokens(local_tokens)
         if not chunked:
             ids = ids[:real]
-        # no host sync from here on: slices, and counting on the ids' device
+        # no host sync and no device work from here on: slices, counted when the step ends
         local.counts.add(index, ids, None if chunked else self._prefill_mask(real))
 
     def _logical_ids(self, args: dict, ids: Any) -> Any:
@@ -401,7 +402,7 @@ class Recorder:
 
     def _prefill_mask(self, real: int) -> np.ndarray | None:
         """bool[real] on the host: True for prompt tokens (position < prompt length), None if
-        unknown. Made once per step: the counts send it to the device once."""
+        unknown. Made once per step."""
         local = self.local
         if local.mask is None or local.mask.shape[0] != real:
             local.mask = phase_mask(self.runner, local.scheduler_output, real)
