@@ -373,3 +373,28 @@ def test_the_layer_hooks_never_wait_for_the_device_and_copy_once_per_step(vllm, 
     control(tmp_path, None, 2)
     done = json.loads(Path(f"{cap}.rank0.done").read_text())
     assert done["tokens"] == {"prefill": 5, "decode": 3, "unknown": 0}
+
+
+def test_select_experts_called_with_positional_arguments_is_counted(vllm, tmp_path, monkeypatch):
+    from artifact.engines.vllm.plugin import hooks
+
+    """vLLM passes keywords (read as they are); positional ones are bound to the signature
+    (here the router logits and top_k, which the EPLB recount reads)."""
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    monkeypatch.setattr(moe, "POSITIONAL_SELECT", True)
+    runner = Runner([moe.FusedMoE(f"l{i}", enable_eplb=True) for i in range(LAYERS)])
+    runner._dummy_run(1)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    gen = torch.Generator().manual_seed(3)
+    reqs = {"a": (0, 4, 4), "b": (6, 5, 1)}
+    total, logits, mask = batch(gen, reqs)
+    runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
+    control(tmp_path, None, 2)
+    rec = RoutingLog(f"{cap}.rank0").read_all()
+    assert len(rec) == 2 * LAYERS
+    for r in rec:
+        phase_mask = mask if r["phase"] == PHASE_CODE["prefill"] else ~mask
+        want = counts_of(logits[r["layer"]][torch.from_numpy(phase_mask)])  # logical ids
+        assert np.array_equal(r["counts"], want)
+    assert hooks.recorder().warnings == []

@@ -32,6 +32,7 @@ import inspect
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -313,9 +314,12 @@ class Recorder:
         local = self.local
         return getattr(local, "writer", None) is not None and not getattr(local, "dummy", False)
 
-    def on_select(self, bound: inspect.BoundArguments, result: Any) -> None:
+    def on_select(self, arguments: Callable[[], dict], result: Any) -> None:
+        """`arguments()`: select_experts' arguments by name, read only while capturing."""
         self.local.selected = True
-        args = bound.arguments
+        if not self._capturing():
+            return
+        args = arguments()
         if args.get("enable_eplb"):
             self._record(lambda: self._logical_ids(args, result[1]))
         else:
@@ -355,7 +359,7 @@ class Recorder:
         else:
             chunked = total < local_tokens  # chunked forward: a piece of this rank's tokens
         real = self._real_tokens(local_tokens)
-        if not chunked:
+        if not chunked and real < ids.shape[0]:
             ids = ids[:real]
         # no host sync and no device work from here on: slices, counted when the step ends
         local.counts.add(index, ids, None if chunked else self._prefill_mask(real))
@@ -385,9 +389,9 @@ class Recorder:
             return None
         sizes = None
         if getattr(meta, "num_tokens_across_dp_cpu", None) is not None:
-            sizes = [int(x) for x in meta.num_tokens_across_dp_cpu]
+            sizes = _ints(meta.num_tokens_across_dp_cpu)
         elif getattr(meta, "cu_tokens_across_dp_cpu", None) is not None:
-            cu = [int(x) for x in meta.cu_tokens_across_dp_cpu]
+            cu = _ints(meta.cu_tokens_across_dp_cpu)
             sizes = [b - a for a, b in zip([0, *cu[:-1]], cu, strict=True)]
         if not sizes or sum(sizes) != total or self.dp_rank >= len(sizes):
             return None
@@ -437,6 +441,11 @@ def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | No
     except (AttributeError, TypeError, IndexError, KeyError):
         return None
     return mask if mask.shape[0] == real else None
+
+
+def _ints(values: Any) -> list[int]:
+    """A CPU tensor's (or a sequence's) values: one `tolist`, not one `int()` per element."""
+    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
 def layer_type(module: Any) -> str:
@@ -491,7 +500,11 @@ def install(fused_moe_cls: Any = None, runner_cls: Any = None) -> None:
         result = select(*args, **kwargs)
         rec = recorder()
         try:
-            rec.on_select(signature.bind(*args, **kwargs), result)
+            # vLLM passes keywords: binding them to the signature (~20 us) is needed only
+            # for positional arguments
+            rec.on_select(
+                lambda: signature.bind(*args, **kwargs).arguments if args else kwargs, result
+            )
         except Exception as exc:  # recording must never break serving
             rec._warn(f"select_experts hook failed: {exc!r}")
         return result
