@@ -398,3 +398,33 @@ def test_select_experts_called_with_positional_arguments_is_counted(vllm, tmp_pa
         want = counts_of(logits[r["layer"]][torch.from_numpy(phase_mask)])  # logical ids
         assert np.array_equal(r["counts"], want)
     assert hooks.recorder().warnings == []
+
+
+def test_phase_mask_marks_the_tokens_before_each_prompts_end_in_batch_order():
+    """Against the per-request rule on random persistent batches (empty slots, requests with
+    nothing scheduled, prompts partly computed, decodes)."""
+    from types import SimpleNamespace
+
+    from artifact.engines.vllm.plugin.hooks import phase_mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        slots = int(rng.integers(1, 40))
+        req_ids = [None if rng.random() < 0.2 else f"r{i}" for i in range(slots)]
+        computed = rng.integers(0, 50, slots).astype(np.int32)
+        prompt = rng.integers(1, 50, slots).astype(np.int32)
+        scheduled = {r: int(rng.integers(0, 6)) for r in req_ids if r is not None}
+        want = [
+            c + j < p
+            for r, c, p in zip(req_ids, computed, prompt, strict=True)
+            if r is not None
+            for j in range(scheduled[r])
+        ]
+        runner = SimpleNamespace(
+            input_batch=SimpleNamespace(
+                req_ids=req_ids, num_computed_tokens_cpu=computed, num_prompt_tokens=prompt
+            )
+        )
+        got = phase_mask(runner, SimpleNamespace(num_scheduled_tokens=scheduled), len(want))
+        assert got is not None and got.tolist() == want
+        assert phase_mask(runner, SimpleNamespace(num_scheduled_tokens=scheduled), 999) is None

@@ -427,18 +427,21 @@ def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | No
     try:
         batch = runner.input_batch
         scheduled = scheduler_output.num_scheduled_tokens
-        parts = []
+        rows, sizes = [], []
         for i, req_id in enumerate(batch.req_ids):
-            if req_id is None:
-                continue
-            n = int(scheduled.get(req_id, 0))
-            if n == 0:
-                continue
-            start = int(batch.num_computed_tokens_cpu[i])
-            prompt = int(batch.num_prompt_tokens[i])
-            parts.append(np.arange(start, start + n) < prompt)
-        mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-    except (AttributeError, TypeError, IndexError, KeyError):
+            n = int(scheduled.get(req_id, 0)) if req_id is not None else 0
+            if n:
+                rows.append(i)
+                sizes.append(n)
+        # vectorised (a step may hold hundreds of requests): each token's position is its
+        # request's computed tokens plus its place among the request's scheduled tokens
+        n_tokens = np.array(sizes, dtype=np.int64)
+        start = np.asarray(batch.num_computed_tokens_cpu)[rows].astype(np.int64)
+        prompt = np.asarray(batch.num_prompt_tokens)[rows]
+        first = np.cumsum(n_tokens) - n_tokens
+        position = np.arange(int(n_tokens.sum())) - np.repeat(first - start, n_tokens)
+        mask = position < np.repeat(prompt, n_tokens)
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError):
         return None
     return mask if mask.shape[0] == real else None
 
