@@ -110,23 +110,29 @@ def summary(path: Path) -> dict[str, float]:
     return {key: float(data[key]) for _, key in METRICS}
 
 
-def table(rounds: dict[str, list[dict[str, float]]]) -> tuple[str, list[dict]]:
+def table(
+    rounds: dict[str, list[dict[str, float]]],
+    arms: tuple[tuple[str, str], tuple[str, str]] = (("vllm", "vLLM"), ("ours", "ours")),
+    metrics: list[tuple[str, str]] = METRICS,
+) -> tuple[str, list[dict]]:
+    """Per metric, two arms' rounds ((key, title) each): medians, second / first, spreads."""
+    (ka, ta), (kb, tb) = arms
     lines = [
-        "| metric | vLLM (median) | ours (median) | ours / vLLM | spread vLLM | spread ours |",
+        f"| metric | {ta} (median) | {tb} (median) | {tb} / {ta} | spread {ta} | spread {tb} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     rows = []
-    for label, key in METRICS:
-        a = [r[key] for r in rounds["vllm"]]
-        b = [r[key] for r in rounds["ours"]]
+    for label, key in metrics:
+        a = [r[key] for r in rounds[ka]]
+        b = [r[key] for r in rounds[kb]]
         ma, mb = statistics.median(a), statistics.median(b)
         sa = (max(a) - min(a)) / ma if ma else 0.0
         sb = (max(b) - min(b)) / mb if mb else 0.0
         ratio = mb / ma if ma else float("nan")
         beyond = abs(ratio - 1) > max(sa, sb)
         rows.append(
-            {"metric": label, "key": key, "vllm": a, "ours": b, "ratio": ratio,
-             "spread_vllm": sa, "spread_ours": sb, "beyond_noise": beyond}
+            {"metric": label, "key": key, ka: a, kb: b, "ratio": ratio,
+             f"spread_{ka}": sa, f"spread_{kb}": sb, "beyond_noise": beyond}
         )  # fmt: skip
         lines.append(
             f"| {label} | {ma:.4g} | {mb:.4g} | {ratio:.3f}{' *' if beyond else ''} "

@@ -122,13 +122,14 @@ class RoutingWriter:
         if not rows:
             return
         block = np.zeros(len(rows), dtype=self.dtype)
-        for i, (step, layer, phase, num_tokens, counts) in enumerate(rows):
-            block[i]["step"] = step
-            block[i]["layer"] = layer
-            block[i]["rank"] = self.header.rank
-            block[i]["phase"] = phase
-            block[i]["num_tokens"] = num_tokens
-            block[i]["counts"] = counts
+        # by column: the capture writes every step of a timed run (a row loop took ~4 us a row)
+        steps, layers, phases, num_tokens, counts = zip(*rows, strict=True)
+        block["step"] = steps
+        block["layer"] = layers
+        block["rank"] = self.header.rank
+        block["phase"] = phases
+        block["num_tokens"] = num_tokens
+        block["counts"] = counts
         self._fh.write(block.tobytes())
         self._fh.flush()
         self._steps += 1

@@ -347,3 +347,84 @@ def test_a_control_file_naming_a_log_outside_its_folder_writes_nothing(vllm, tmp
         runner.execute_model(scheduled(SchedulerOutput, reqs, *batch(gen, reqs)[:2]))
     assert not list(tmp_path.parent.glob(f"{victim.name}*"))
     assert Path(f"{tmp_path / 'ok.routing'}.rank0").exists()
+
+
+def test_the_layer_hooks_never_wait_for_the_device_and_copy_once_per_step(vllm, tmp_path):
+    """Router logits on `meta` (tests/fixtures/meta_device.py): a host sync inside a layer hook
+    (bincount, boolean-mask indexing, .item()) raises there and the hook warns; the step's
+    counts reach the host in one copy."""
+    from meta_device import HostCopies
+
+    from artifact.engines.vllm.plugin import hooks
+
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    runner = Runner([moe.FusedMoE(f"l{i}") for i in range(LAYERS)])
+    runner._dummy_run(2)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    plans = [{"a": (0, 5, 5), "b": (7, 7, 1)}, {"a": (5, 5, 1), "b": (8, 7, 1)}]
+    with HostCopies() as copies:
+        for reqs in plans:
+            total = sum(n for _, _, n in reqs.values())
+            logits = [torch.empty(total, E, device="meta") for _ in range(LAYERS)]
+            runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
+    assert hooks.recorder().warnings == []
+    assert copies.count == len(plans)
+    control(tmp_path, None, 2)
+    done = json.loads(Path(f"{cap}.rank0.done").read_text())
+    assert done["tokens"] == {"prefill": 5, "decode": 3, "unknown": 0}
+
+
+def test_select_experts_called_with_positional_arguments_is_counted(vllm, tmp_path, monkeypatch):
+    from artifact.engines.vllm.plugin import hooks
+
+    """vLLM passes keywords (read as they are); positional ones are bound to the signature
+    (here the router logits and top_k, which the EPLB recount reads)."""
+    moe, Runner, SchedulerOutput, _, _ = modules()
+    monkeypatch.setattr(moe, "POSITIONAL_SELECT", True)
+    runner = Runner([moe.FusedMoE(f"l{i}", enable_eplb=True) for i in range(LAYERS)])
+    runner._dummy_run(1)
+    cap = tmp_path / "cap.routing"
+    control(tmp_path, cap, 1)
+    gen = torch.Generator().manual_seed(3)
+    reqs = {"a": (0, 4, 4), "b": (6, 5, 1)}
+    total, logits, mask = batch(gen, reqs)
+    runner.execute_model(scheduled(SchedulerOutput, reqs, total, logits))
+    control(tmp_path, None, 2)
+    rec = RoutingLog(f"{cap}.rank0").read_all()
+    assert len(rec) == 2 * LAYERS
+    for r in rec:
+        phase_mask = mask if r["phase"] == PHASE_CODE["prefill"] else ~mask
+        want = counts_of(logits[r["layer"]][torch.from_numpy(phase_mask)])  # logical ids
+        assert np.array_equal(r["counts"], want)
+    assert hooks.recorder().warnings == []
+
+
+def test_phase_mask_marks_the_tokens_before_each_prompts_end_in_batch_order():
+    """Against the per-request rule on random persistent batches (empty slots, requests with
+    nothing scheduled, prompts partly computed, decodes)."""
+    from types import SimpleNamespace
+
+    from artifact.engines.vllm.plugin.hooks import phase_mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        slots = int(rng.integers(1, 40))
+        req_ids = [None if rng.random() < 0.2 else f"r{i}" for i in range(slots)]
+        computed = rng.integers(0, 50, slots).astype(np.int32)
+        prompt = rng.integers(1, 50, slots).astype(np.int32)
+        scheduled = {r: int(rng.integers(0, 6)) for r in req_ids if r is not None}
+        want = [
+            c + j < p
+            for r, c, p in zip(req_ids, computed, prompt, strict=True)
+            if r is not None
+            for j in range(scheduled[r])
+        ]
+        runner = SimpleNamespace(
+            input_batch=SimpleNamespace(
+                req_ids=req_ids, num_computed_tokens_cpu=computed, num_prompt_tokens=prompt
+            )
+        )
+        got = phase_mask(runner, SimpleNamespace(num_scheduled_tokens=scheduled), len(want))
+        assert got is not None and got.tolist() == want
+        assert phase_mask(runner, SimpleNamespace(num_scheduled_tokens=scheduled), 999) is None

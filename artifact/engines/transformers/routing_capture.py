@@ -2,7 +2,9 @@
 
 Per forward pass the recorder writes, for each MoE layer, the number of tokens and the
 per-expert counts of the top-k choice into a moe-routing log (artifact.routing.format), split by
-phase: prompt tokens (prefill) and generated tokens fed back (decode).
+phase: prompt tokens (prefill) and generated tokens fed back (decode). A router's hook only
+keeps its ids; the pass's end counts them on the device and copies the counts to the host once
+(artifact.routing.counting): no host sync per layer.
 
 How prompt and generated tokens are told apart under continuous batching: transformers'
 `ContinuousBatchingIOs.prepare_batch_tensors` lays the pass out request by request; for each
@@ -25,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+from artifact.routing.counting import PassCounts
+from artifact.routing.format import PHASES, RoutingHeader, RoutingWriter
 
 if TYPE_CHECKING:
     from torch.nn import Module
@@ -105,7 +108,9 @@ class RoutingRecorder:
         self.meta = meta or {}
         self._lock = threading.Lock()
         self._writer: RoutingWriter | None = None
-        self._rows: list = []
+        self._counts: PassCounts | None = None
+        self._routed = False  # a router ran in this pass
+        self._all_prompt = np.ones(0, dtype=bool)  # offline replay's mask, reused across layers
         self._layout: PassLayout | None = None
         self._handles: list[RemovableHandle] = []
         self.step = 0
@@ -161,42 +166,41 @@ class RoutingRecorder:
 
     # --- hooks ---------------------------------------------------------------------------
     def _begin_pass(self, module, args, kwargs=None) -> None:
-        self._rows = []
         self._layout = getattr(_layout_local, "pending", None)
         _layout_local.pending = None
+        self._counts = PassCounts(len(self.routers), self.num_experts)
+        self._routed = False
 
     def _on_router(self, module, inputs, output) -> None:
-        if self._writer is None:
+        if self._writer is None or self._counts is None:
             return
-        indices = output[-1]  # (router_logits, scores, indices[num_tokens, top_k])
-        # Kept on the device until the pass ends: one host sync per pass, not one per layer.
-        self._rows.append((self.layer_index[id(module)], indices.detach()))
+        self._routed = True
+        layout = self._layout
+        if layout is None and not self.prefill_only:
+            return  # a warm-up pass of the engine (counted as skipped when it ends)
+        indices = output[-1].detach()  # (router_logits, scores, indices[num_tokens, top_k])
+        indices = indices.reshape(-1, indices.shape[-1])
+        if layout is None:  # offline replay: every token is a prompt token
+            if self._all_prompt.size != indices.shape[0]:
+                self._all_prompt = np.ones(indices.shape[0], dtype=bool)
+            mask = self._all_prompt
+        else:  # padding lies past the published tokens
+            mask = layout.prompt_mask
+            indices = indices[: mask.size]
+        # counted on the device when the pass ends, with one host copy (none per layer)
+        self._counts.add(self.layer_index[id(module)], indices, mask)
 
     def _end_pass(self, module, inputs, output) -> None:
         with self._lock:
-            if self._writer is None or not self._rows:
+            counts, self._counts = self._counts, None
+            if self._writer is None or counts is None or not self._routed:
                 return
-            layout = self._layout
-            if layout is None and not self.prefill_only:
+            if self._layout is None and not self.prefill_only:
                 self.skipped_passes += 1  # warm-up pass of the engine, not a request
                 return
-            rows = []
-            for layer, indices in self._rows:
-                indices = indices.to("cpu").numpy().reshape(-1, indices.shape[-1])
-                if layout is None:
-                    parts = {"prefill": indices}
-                else:
-                    real = indices[: layout.prompt_mask.size]
-                    parts = {
-                        "prefill": real[layout.prompt_mask],
-                        "decode": real[~layout.prompt_mask],
-                    }
-                for phase, chosen in parts.items():
-                    if chosen.shape[0] == 0:
-                        continue
-                    counts = np.bincount(chosen.ravel(), minlength=self.num_experts)
-                    rows.append((self.step, layer, PHASE_CODE[phase], chosen.shape[0], counts))
-                    if layer == 0:
-                        self.tokens_recorded[phase] += int(chosen.shape[0])
+            rows = counts.rows(self.step)
+            for _, layer, phase, ntok, _ in rows:
+                if layer == 0:
+                    self.tokens_recorded[PHASES[phase]] += ntok
             self._writer.write_step(rows)
             self.step += 1

@@ -13,6 +13,10 @@ Counts are per global expert id. With EPLB, `select_experts` returns physical id
 included); the hooks then recount the logical choice from the router logits (plain
 softmax top-k, Mixtral's routing) and say so in the header (`meta.ids`).
 
+No host sync and no kernel launch per layer: a layer's hook keeps its ids (a reference) and
+the host-side phase of each token; the step's end counts them all on their device and copies
+the counts to the host once (artifact.routing.counting).
+
 Control: the server writes a JSON control file (`MOE_ARTIFACT_ROUTING_CONTROL`):
 `{"path": "/run/x.routing", "meta": {...}}` starts a capture, `{"path": null}` stops it. A
 thread polls it (every 0.2 s) so a stop lands while the engine is idle; each rank then
@@ -28,6 +32,7 @@ import inspect
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,8 @@ import numpy as np
 
 from artifact.core.io import resolve_within
 from artifact.engines.vllm.plugin import CONTROL_ENV, logger
-from artifact.routing.format import PHASE_CODE, RoutingHeader, RoutingWriter
+from artifact.routing.counting import PassCounts
+from artifact.routing.format import PHASES, RoutingHeader, RoutingWriter
 
 POLL_S = 0.2
 _installed = False
@@ -255,10 +261,12 @@ class Recorder:
                 self.discover_layers()
             if self._pending is not None and self.layers is not None:
                 self._open(self._pending)
-            local.writer = self.writer if self.logs else None
+            writer = local.writer = self.writer if self.logs else None
+            local.counts = None
+            if writer is not None:
+                local.counts = PassCounts(len(self.moe_layers()), writer.header.num_experts)
         local.scheduler_output = scheduler_output
         local.dummy = dummy
-        local.rows = {}
         local.mask = None
         local.layer = None
 
@@ -268,25 +276,21 @@ class Recorder:
         if local.depth > 0:
             return
         writer: RoutingWriter | None = getattr(local, "writer", None)
-        rows = local.rows
-        local.writer, local.rows = None, {}
-        if writer is None:
+        counts: PassCounts | None = getattr(local, "counts", None)
+        local.writer, local.counts = None, None
+        if writer is None or counts is None:
             return
         with self.lock:
             if writer is not self.writer:
                 return  # the capture stopped (or restarted) during this step
             if local.dummy:
                 self.dummy_steps += 1
+            rows = counts.rows(self.step)  # the step's counting and its one copy to the host
             if rows:
-                keys = sorted(rows)
-                stacked = _stack([rows[k][1] for k in keys])
-                out = []
-                for (layer, phase), counts in zip(keys, stacked, strict=True):
-                    ntok = rows[(layer, phase)][0]
-                    out.append((self.step, layer, phase, ntok, counts))
+                for _, layer, phase, ntok, _ in rows:
                     if layer == 0:
-                        self.tokens[_PHASE_NAME[phase]] += ntok
-                writer.write_step(out)
+                        self.tokens[PHASES[phase]] += ntok
+                writer.write_step(rows)
                 self.steps_written += 1
             self.step += 1
 
@@ -310,9 +314,12 @@ class Recorder:
         local = self.local
         return getattr(local, "writer", None) is not None and not getattr(local, "dummy", False)
 
-    def on_select(self, bound: inspect.BoundArguments, result: Any) -> None:
+    def on_select(self, arguments: Callable[[], dict], result: Any) -> None:
+        """`arguments()`: select_experts' arguments by name, read only while capturing."""
         self.local.selected = True
-        args = bound.arguments
+        if not self._capturing():
+            return
+        args = arguments()
         if args.get("enable_eplb"):
             self._record(lambda: self._logical_ids(args, result[1]))
         else:
@@ -352,29 +359,10 @@ class Recorder:
         else:
             chunked = total < local_tokens  # chunked forward: a piece of this rank's tokens
         real = self._real_tokens(local_tokens)
-        if not chunked:
+        if not chunked and real < ids.shape[0]:
             ids = ids[:real]
-        mask = None if chunked else self._prefill_mask(real, ids.device)
-        experts = local.writer.header.num_experts
-        flat = ids.reshape(ids.shape[0], -1)
-        if mask is None:
-            self._add(index, PHASE_CODE["unknown"], flat, experts)
-        else:
-            self._add(index, PHASE_CODE["prefill"], flat[mask], experts)
-            self._add(index, PHASE_CODE["decode"], flat[~mask], experts)
-
-    def _add(self, layer: int, phase: int, ids: Any, experts: int) -> None:
-        if ids.shape[0] == 0:
-            return
-        import torch
-
-        counts = torch.bincount(ids.reshape(-1).to(torch.int64), minlength=experts)[:experts]
-        key = (layer, phase)
-        if key in self.local.rows:
-            ntok, previous = self.local.rows[key]
-            self.local.rows[key] = (ntok + int(ids.shape[0]), previous + counts)
-        else:
-            self.local.rows[key] = (int(ids.shape[0]), counts)
+        # no host sync and no device work from here on: slices, counted when the step ends
+        local.counts.add(index, ids, None if chunked else self._prefill_mask(real))
 
     def _logical_ids(self, args: dict, ids: Any) -> Any:
         """Logical expert ids when EPLB maps them to physical replicas (softmax top-k)."""
@@ -401,9 +389,9 @@ class Recorder:
             return None
         sizes = None
         if getattr(meta, "num_tokens_across_dp_cpu", None) is not None:
-            sizes = [int(x) for x in meta.num_tokens_across_dp_cpu]
+            sizes = _ints(meta.num_tokens_across_dp_cpu)
         elif getattr(meta, "cu_tokens_across_dp_cpu", None) is not None:
-            cu = [int(x) for x in meta.cu_tokens_across_dp_cpu]
+            cu = _ints(meta.cu_tokens_across_dp_cpu)
             sizes = [b - a for a, b in zip([0, *cu[:-1]], cu, strict=True)]
         if not sizes or sum(sizes) != total or self.dp_rank >= len(sizes):
             return None
@@ -416,26 +404,18 @@ class Recorder:
             return total
         return local_tokens
 
-    def _prefill_mask(self, real: int, device: Any) -> Any:
-        """bool[real]: True for prompt tokens (position < prompt length), None if unknown."""
+    def _prefill_mask(self, real: int) -> np.ndarray | None:
+        """bool[real] on the host: True for prompt tokens (position < prompt length), None if
+        unknown. Made once per step."""
         local = self.local
-        if local.mask is not None and int(local.mask.shape[0]) == real:
-            return local.mask
-        mask = phase_mask(self.runner, local.scheduler_output, real)
-        if mask is None:
-            return None
-        import torch
-
-        local.mask = torch.from_numpy(mask).to(device)
+        if local.mask is None or local.mask.shape[0] != real:
+            local.mask = phase_mask(self.runner, local.scheduler_output, real)
         return local.mask
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
             logger.warning("moe-artifact routing: %s", message)
-
-
-_PHASE_NAME = {code: name for name, code in PHASE_CODE.items()}
 
 
 def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | None:
@@ -447,20 +427,28 @@ def phase_mask(runner: Any, scheduler_output: Any, real: int) -> np.ndarray | No
     try:
         batch = runner.input_batch
         scheduled = scheduler_output.num_scheduled_tokens
-        parts = []
+        rows, sizes = [], []
         for i, req_id in enumerate(batch.req_ids):
-            if req_id is None:
-                continue
-            n = int(scheduled.get(req_id, 0))
-            if n == 0:
-                continue
-            start = int(batch.num_computed_tokens_cpu[i])
-            prompt = int(batch.num_prompt_tokens[i])
-            parts.append(np.arange(start, start + n) < prompt)
-        mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-    except (AttributeError, TypeError, IndexError, KeyError):
+            n = int(scheduled.get(req_id, 0)) if req_id is not None else 0
+            if n:
+                rows.append(i)
+                sizes.append(n)
+        # vectorised (a step may hold hundreds of requests): each token's position is its
+        # request's computed tokens plus its place among the request's scheduled tokens
+        n_tokens = np.array(sizes, dtype=np.int64)
+        start = np.asarray(batch.num_computed_tokens_cpu)[rows].astype(np.int64)
+        prompt = np.asarray(batch.num_prompt_tokens)[rows]
+        first = np.cumsum(n_tokens) - n_tokens
+        position = np.arange(int(n_tokens.sum())) - np.repeat(first - start, n_tokens)
+        mask = position < np.repeat(prompt, n_tokens)
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError):
         return None
     return mask if mask.shape[0] == real else None
+
+
+def _ints(values: Any) -> list[int]:
+    """A CPU tensor's (or a sequence's) values: one `tolist`, not one `int()` per element."""
+    return [int(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
 def layer_type(module: Any) -> str:
@@ -468,12 +456,6 @@ def layer_type(module: Any) -> str:
     method = getattr(module, "quant_method", None)
     name = type(module).__name__
     return f"{name} ({type(method).__name__})" if method is not None else name
-
-
-def _stack(tensors: list) -> list[np.ndarray]:
-    import torch
-
-    return list(torch.stack(tensors).to("cpu").numpy())
 
 
 def _vllm_version() -> str:
@@ -521,7 +503,11 @@ def install(fused_moe_cls: Any = None, runner_cls: Any = None) -> None:
         result = select(*args, **kwargs)
         rec = recorder()
         try:
-            rec.on_select(signature.bind(*args, **kwargs), result)
+            # vLLM passes keywords: binding them to the signature (~20 us) is needed only
+            # for positional arguments
+            rec.on_select(
+                lambda: signature.bind(*args, **kwargs).arguments if args else kwargs, result
+            )
         except Exception as exc:  # recording must never break serving
             rec._warn(f"select_experts hook failed: {exc!r}")
         return result
