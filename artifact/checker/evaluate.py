@@ -22,7 +22,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from artifact.checker.query import run_query
+from artifact.checker.query import per_launch, run_query
 from artifact.checker.rules import (
     Judgement,
     Refused,
@@ -111,13 +111,14 @@ def judge(claim: Claim, tables: RunTables, profile_raw: dict, hardware: str) -> 
     if rel is None:
         assert ref is not None
         return judge_value(samples, ref, claim.per_row)
-    if rel.kind in ("increasing", "decreasing"):
-        return judge_trend(rel, samples, claim.unit)
     if rel.kind in ("correlated", "uncorrelated"):
         return judge_correlation(rel, samples)
+    # Comparisons test over server launches, not over runs on one server.
+    if rel.kind in ("increasing", "decreasing"):
+        return judge_trend(rel, per_launch(samples), claim.unit)
     assert rel.other is not None
     other = run_query(rel.other, tables, profile_raw)
-    return judge_two_sample(rel, samples, other, claim.unit)
+    return judge_two_sample(rel, per_launch(samples), per_launch(other), claim.unit)
 
 
 def evaluate(

@@ -7,6 +7,7 @@ reduction. Numbers compare with a relative and absolute tolerance of 1e-12.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 import operator
@@ -152,6 +153,7 @@ class Samples:
     matched_rows: pd.DataFrame  # all the rows matching the conditions, values or not
     removed: list[dict] = field(default_factory=list)  # IQR outliers left out
     missing: int = 0  # matching rows without a value in the column
+    pooled_runs: int = 0  # runs pooled into per-launch medians (see per_launch), 0 if none
 
     @property
     def n(self) -> int:
@@ -172,6 +174,29 @@ class Samples:
             raise QueryError("this relation needs 'by' in the query (the column to group on)")
         values = pd.Series(self.values, index=self.rows.index, dtype=np.float64)
         return {k: group.tolist() for k, group in values.groupby(self.rows[key], sort=True)}
+
+
+def per_launch(samples: Samples) -> Samples:
+    """Server launches as the statistical unit: where some unit (the folder of `run`) has
+    runs from more than one launch (`launch`), one value per (unit, launch), the median of
+    its runs, with that launch's first row; the samples as they are otherwise (one launch, a
+    reduced query, or a table without launches)."""
+    rows = samples.rows
+    if samples.query.reduce is not None or not {"run", "launch"} <= set(rows.columns):
+        return samples
+    units = [str(run).rsplit("/", 1)[0] for run in rows["run"]]
+    members: dict[tuple, list[int]] = {}
+    for position, key in enumerate(zip(units, rows["launch"].tolist(), strict=True)):
+        members.setdefault(key, []).append(position)
+    if len(members) == len(units) or len({launch for _, launch in members}) < 2:
+        return samples  # one run per launch already, or a single launch: runs are the unit
+    groups = list(members.values())
+    return dataclasses.replace(
+        samples,
+        rows=rows.iloc[[group[0] for group in groups]],
+        values=[float(np.median([samples.values[i] for i in group])) for group in groups],
+        pooled_runs=len(units),
+    )
 
 
 def run_query(query: Query, tables: RunTables, profile_raw: dict | None = None) -> Samples:

@@ -92,12 +92,15 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def dropped(**sides: Samples) -> list[str]:
     """A note per side with matching rows that have no value (missing, NaN), which the
-    rule leaves out."""
-    return [
-        f"{s.missing} row(s){f' of {name}' if len(sides) > 1 else ''} without a value left out"
-        for name, s in sides.items()
-        if s.missing
-    ]
+    rule leaves out, and per side whose runs were pooled into per-launch medians."""
+    notes = []
+    for name, s in sides.items():
+        of = f" of {name}" if len(sides) > 1 else ""
+        if s.missing:
+            notes.append(f"{s.missing} row(s){of} without a value left out")
+        if s.pooled_runs:
+            notes.append(f"{s.pooled_runs} runs{of} as {s.n} per-launch medians")
+    return notes
 
 
 # --- value claims -----------------------------------------------------------------------------

@@ -188,6 +188,9 @@ class BenchSpec(Strict):
     max_concurrency: int | None = Field(None, ge=1)
     output_len: int | None = Field(None, ge=1)
     warmup_requests: int = Field(0, ge=0)
+    # Independent server launches per unit, each with `repeat` measured runs; the launches of
+    # an experiment's units are interleaved (round 1: every unit, round 2: every unit ...).
+    launches: int = Field(1, ge=1)
     repeat: int = Field(1, ge=1)
     seed: int = 0
     request_timeout_s: float = Field(600.0, gt=0)

@@ -230,7 +230,8 @@ class UnitIdentity(Record):
 
 
 class UnitRun(Record):
-    repetition: int
+    repetition: int  # unique within the unit: launch x repeat + the run's index in its launch
+    launch: int = 0  # the server launch that measured it (records before launches: 0)
     result: str  # file names in the unit's folder
     routing: str
     capture: dict[str, Any]  # what the engine's routing capture reported when it stopped
@@ -241,7 +242,8 @@ class UnitRun(Record):
 
 
 class UnitRecord(UnitIdentity):
-    """`unit.json`: a finished timed unit and its measured runs."""
+    """`unit.json`: a finished timed unit and its measured runs (all its launches);
+    `unit.partial.json`: the runs of the launches finished so far."""
 
     runs: list[UnitRun]
 

@@ -68,6 +68,7 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
                 "dataset": unit.dataset or "",
                 "predicted_score": scores.get(unit.dataset) if unit.dataset else None,
                 "repetition": run.repetition,
+                "launch": run.launch,
                 "result": result_path.relative_to(layout.root).as_posix(),
                 "mean_input_tokens": tokens / max(result.completed, 1),
             }

@@ -117,6 +117,7 @@ def patched(raw: dict, dotted: str, value) -> dict:
         ("experiments.config_sweep.max_num_batched_tokens", [], "max_num_batched_tokens", "1 it"),
         ("experiments.config_sweep.fixed_max_num_seqs", 0, "fixed_max_num_seqs", ">= 1"),
         ("experiments.imbalance.bench.repeat", 0, "bench.repeat", ">= 1"),
+        ("experiments.config_sweep.bench.launches", 0, "config_sweep.bench.launches", ">= 1"),
         ("experiments.imbalance.bench.request_timeout_s", 0, "request_timeout_s", "> 0"),
         ("engine.startup_timeout_s", -1, "engine.startup_timeout_s", "> 0"),
         ("model.architecture.hidden_size", -256, "model.architecture", "hidden_size is -256"),
