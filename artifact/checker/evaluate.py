@@ -33,7 +33,7 @@ from artifact.checker.rules import (
 )
 from artifact.checker.stats import holm
 from artifact.checker.tables import RunTables
-from artifact.config.claims import Claim, ClaimsFile, Reference
+from artifact.config.claims import Claim, ClaimsFile, Query, Reference
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
 from artifact.core.records import startup_failure
@@ -118,7 +118,21 @@ def judge(claim: Claim, tables: RunTables, profile_raw: dict, hardware: str) -> 
         return judge_trend(rel, per_launch(samples), claim.unit)
     assert rel.other is not None
     other = run_query(rel.other, tables, profile_raw)
-    return judge_two_sample(rel, per_launch(samples), per_launch(other), claim.unit)
+    judged = judge_two_sample(rel, per_launch(samples), per_launch(other), claim.unit)
+    judged.expected += f" ({name_sides(query, rel.other)})"
+    return judged
+
+
+def name_sides(a: Query, b: Query) -> str:
+    """What sides a and b of a comparison are: the conditions and columns that differ."""
+
+    def side(q: Query, o: Query) -> str:
+        parts = [f"{k}={v}" for k, v in q.where.items() if o.where.get(k) != v]
+        if q.column != o.column or q.table != o.table:
+            parts.append(f"{q.table}.{q.column}")
+        return ", ".join(parts) or "the same rows"
+
+    return f"a: {side(a, b)}; b: {side(b, a)}"
 
 
 def evaluate(

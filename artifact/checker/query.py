@@ -176,26 +176,34 @@ class Samples:
         return {k: group.tolist() for k, group in values.groupby(self.rows[key], sort=True)}
 
 
+def launch_groups(runs: Sequence[Any], launches: Sequence[Any]) -> list[list[int]] | None:
+    """Positions of the runs of each (unit, launch), the unit being the folder of the run's
+    name, in first-seen order; None when the runs are the unit already (one run per launch,
+    or every run from a single launch)."""
+    members: dict[tuple, list[int]] = {}
+    units = [str(r).rsplit("/", 1)[0] for r in runs]
+    for position, key in enumerate(zip(units, launches, strict=True)):
+        members.setdefault(key, []).append(position)
+    if len(members) == len(runs) or len({launch for _, launch in members}) < 2:
+        return None
+    return list(members.values())
+
+
 def per_launch(samples: Samples) -> Samples:
-    """Server launches as the statistical unit: where some unit (the folder of `run`) has
-    runs from more than one launch (`launch`), one value per (unit, launch), the median of
-    its runs, with that launch's first row; the samples as they are otherwise (one launch, a
-    reduced query, or a table without launches)."""
+    """Server launches as the statistical unit: one value per (unit, launch), the median of
+    its runs, with that launch's first row (see launch_groups); the samples as they are when
+    the query reduces or its table has no launches."""
     rows = samples.rows
     if samples.query.reduce is not None or not {"run", "launch"} <= set(rows.columns):
         return samples
-    units = [str(run).rsplit("/", 1)[0] for run in rows["run"]]
-    members: dict[tuple, list[int]] = {}
-    for position, key in enumerate(zip(units, rows["launch"].tolist(), strict=True)):
-        members.setdefault(key, []).append(position)
-    if len(members) == len(units) or len({launch for _, launch in members}) < 2:
-        return samples  # one run per launch already, or a single launch: runs are the unit
-    groups = list(members.values())
+    groups = launch_groups(rows["run"].tolist(), rows["launch"].tolist())
+    if groups is None:
+        return samples
     return dataclasses.replace(
         samples,
         rows=rows.iloc[[group[0] for group in groups]],
         values=[float(np.median([samples.values[i] for i in group])) for group in groups],
-        pooled_runs=len(units),
+        pooled_runs=len(rows),
     )
 
 

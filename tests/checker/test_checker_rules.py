@@ -250,6 +250,7 @@ def test_comparisons_test_over_launches_not_runs(tmp_path):
     assert result.verdict == "FAIL"
     assert "n=2 vs n=2" in result.observed
     assert "6 runs of a as 2 per-launch medians" in result.observed
+    assert result.expected == "a < b (a: mode=a; b: mode=b)"  # the table says which side is which
     # the same numbers from one launch: the runs are the unit, as before
     result = judge(tmp_path, [less], runs=one_launch)["less"]
     assert result.verdict == "PASS" and "n=6 vs n=6" in result.observed

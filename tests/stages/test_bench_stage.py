@@ -188,6 +188,7 @@ def test_launches_interleave_modes_and_resume_per_launch(
         assert (units / mode / "2_128" / "server.launch01.log").exists()
     run_stage(load_stage("imbalance"), ctx)
     runs = json.loads((tmp_path / "imbalance" / "runs.json").read_text())
+    assert {(r["data_parallel_size"], r["effective_concurrency"]) for r in runs} == {(1, 2)}
     assert sorted((r["mode"], r["launch"]) for r in runs) == [
         ("eager", 0),
         ("eager", 1),
