@@ -143,7 +143,7 @@ def evaluate(
     hardware: str | None = None,
 ) -> list[ClaimResult]:
     hardware = hardware or tables.hardware()
-    profile_raw = profile._raw if profile._raw is not None else profile.model_dump(mode="json")
+    profile_raw = profile.raw
     by_id = {c.id: c for c in claims.claims}
     # First every claim's skip reason or judgement, then the Holm adjustment over the tested
     # relations of each family, then the verdicts (premises first).

@@ -14,6 +14,7 @@ bench/replay/                      offline replays of the prompt sets
 imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
 plots/figures.json, report.md, report.html
 check/claims.json, claims.md
+calibrate/calibration.json         A/A launches (runs/<profile>-calibrate only)
 kernels/, parallel/ (GPU stages: replay_loads.json, summary.json, torchrun.log)
 ```
 """
@@ -253,6 +254,11 @@ class RunLayout:
         """The CUDA kernel summary of an nsys report under bench/ (`nsys stats`)."""
         rel = report.relative_to(self.stage("bench"))
         return self.stage("imbalance") / "nsys" / rel.parent / f"{report.stem}.kernels.csv"
+
+    # calibrate (a run directory of its own, runs/<profile>-calibrate)
+    @property
+    def calibration(self) -> Path:
+        return self.stage("calibrate") / "calibration.json"
 
     # plots and check
     @property

@@ -11,6 +11,7 @@ field and the stage to rerun.
 - `serve/<mode>/provenance.json`: `ServeProvenance`; a bench server's: `Provenance`;
 - `bench/.../unit.json`: `UnitRecord`, one `UnitRun` per measured run; a profiled pass's
   `profile.json`: `ProfileRecord`;
+- `calibrate/calibration.json`: `CalibrationRecord`;
 - `bench/.../<label>.repNN.json`: `ResultFile`, vLLM's `--save-result` schema (any file
   of that schema, ours or vLLM's; artifact.serving.results computes and verifies it).
 """
@@ -255,6 +256,32 @@ class ProfileRecord(UnitIdentity):
     report_bytes: int
     result: str
     completed: int
+
+
+# --- calibrate --------------------------------------------------------------------------------
+
+
+class MetricCalibration(Record):
+    """One metric's launch-to-launch (A/A) spread at the calibrated configuration."""
+
+    launch_medians: list[float]  # per launch, the median of its runs
+    aa_rel_diffs: list[float]  # |m_i - m_j| / mean(m_i, m_j) for every pair of launches
+    max_rel_diff: float  # the largest of them: the smallest margin that is not noise
+    launch_cv: float  # std / mean of the launch medians
+    run_cv: float  # within one launch: the median over launches of its runs' CV
+
+
+class CalibrationRecord(Record):
+    """`calibrate/calibration.json`: A/A launches of one configuration and the relative
+    margins their spread implies (artifact.stages.calibrate)."""
+
+    profile: str
+    mode: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    launches: int
+    repeat: int
+    metrics: dict[str, MetricCalibration]
 
 
 # --- bench: result files (vLLM's schema) -----------------------------------------------------
