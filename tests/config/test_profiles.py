@@ -152,3 +152,14 @@ def test_mode_names_are_safe_folder_names(write_profile, local_profile_raw, name
     experiments["config_sweep"]["modes"] = [name]
     with pytest.raises(ArtifactError, match=f"field 'modes': mode name {name!r} is not allowed"):
         load_profile(write_profile({"modes": modes, "experiments": experiments}))
+
+
+@pytest.mark.parametrize("name", ["gpu", "perlmutter"])
+def test_gpu_profiles_repeat_over_at_least_three_server_launches(name):
+    """Issue 19: repetitions are independent server launches, at least 3 per mode and
+    configuration on the GPU profiles (the local profile keeps one: its start-up cost)."""
+    experiments = load_profile(name).experiments
+    for exp in (experiments.config_sweep, experiments.eplb_ablation, experiments.imbalance):
+        if exp is not None and exp.enabled:
+            assert exp.bench.launches >= 3
+    assert load_profile("local").experiments.imbalance.bench.launches == 1
