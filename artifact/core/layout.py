@@ -14,7 +14,8 @@ bench/replay/                      offline replays of the prompt sets
 imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
 plots/figures.json, report.md, report.html
 check/claims.json, claims.md
-calibrate/calibration.json         A/A launches (runs/<profile>-calibrate only)
+calibrate/calibration.json         A/A launches (runs/<profile>-calibrate), beside
+                                   calibrate/<profile>-calibrate.yaml, the profile they ran
 kernels/, parallel/ (GPU stages: replay_loads.json, summary.json, torchrun.log)
 ```
 """
@@ -259,6 +260,10 @@ class RunLayout:
     @property
     def calibration(self) -> Path:
         return self.stage("calibrate") / "calibration.json"
+
+    def calibration_profile(self, name: str) -> Path:
+        """The derived profile the A/A run ran (`calibrate/<name>.yaml`)."""
+        return self.inside("calibrate", f"{name}.yaml")
 
     # plots and check
     @property

@@ -1,7 +1,8 @@
 """Stage `bench`: the experiments against real servers, with routing captured per run.
 
 Units (each resumable: a unit is finished when its `unit.json` exists and names only files
-that exist; an interrupted or damaged unit is redone from scratch; `--redo UNIT` redoes one,
+that exist; a damaged unit is redone from scratch, an interrupted one from its unfinished
+launches; `--redo UNIT` redoes one,
 UNIT as the progress line and the folder under bench/ name it, e.g.
 `imbalance/eager/001_0.2720`):
 
@@ -12,6 +13,11 @@ UNIT as the progress line and the folder under bench/ name it, e.g.
   same for the ablation's fixed prompts (`datasets/eplb_prompts.jsonl`);
 - imbalance: one unit per (mode, dataset); one server per mode and launch, reused across
   the datasets;
+- profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
+  all timed units, one pass of each such unit's prompts on a server of its own under nsys,
+  collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
+  marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
+  runs, and the timed servers never run under nsys (profiling perturbs timing).
 
 Launches: a unit's measured runs come from the bench spec's `launches` independent server
 starts (`repeat` runs on each; run k of launch l is repetition l x repeat + k). An
@@ -19,12 +25,8 @@ experiment runs in rounds, round l the l-th launch of every unit, so the modes a
 (ABAB) instead of running in blocks: at a sweep point the modes take turns, and the
 imbalance servers of the modes take turns. A unit is finished when all its launches are
 (`unit.json`); the launches finished before an interruption are kept in `unit.partial.json`
-and not rerun. Launch 0's server files are in the server's folder, launch l's in `launchNN/`.
-- profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
-  all timed units, one pass of each such unit's prompts on a server of its own under nsys,
-  collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
-  marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
-  runs, and the timed servers never run under nsys (profiling perturbs timing).
+and not rerun. Launch 0's server files have the plain names, launch l's sit beside them as
+`server.launchNN.log`, `provenance.launchNN.json` (artifact.core.layout.UnitDir).
 
 Only the selected experiments run (artifact.config.profiles.selected_experiments:
 $MOE_ARTIFACT_EXPERIMENTS, else every enabled one).

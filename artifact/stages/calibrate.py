@@ -127,7 +127,7 @@ def run_tool(args: argparse.Namespace) -> int:
     base = load_profile(args.profile or default_profile_name())
     raw = calibration_profile(base, args.mode, args.launches)
     run_dir = RunDir(args.run_dir or Path("runs") / raw["name"])
-    path = run_dir.layout.stage("calibrate") / f"{raw['name']}.yaml"
+    path = run_dir.layout.calibration_profile(raw["name"])
     atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))
     profile = load_profile(path)
     ctx = StageContext(profile=profile, run_dir=run_dir)
