@@ -37,6 +37,10 @@ must hold) or computed by artifact.routing.correlation from the rows' `x` and `c
 inside (-max_abs_r, +max_abs_r). A row whose r is undefined (a constant variable) cannot
 support either and FAILs with that reason.
 
+Comparisons and trends test over server launches: where a unit's rows come from several
+launches, evaluate hands the rules one value per launch, the median of its runs
+(artifact.checker.query.per_launch), and the observed text says so.
+
 Every relation judged by a test reports its p-value (`details.p_value`); evaluate adjusts
 them by Holm within each family (the claims of one experiment).
 """
