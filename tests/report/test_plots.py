@@ -50,6 +50,7 @@ def test_every_figure_and_the_report(plotted):
     assert "**SKIP**: EPLB rearranges experts" in md
     # The sweep caption names the fixed setting and the repetitions.
     assert "at max-num-batched-tokens = 512" in md and "medians of 3 repetitions" in md
+    assert "repetitions per unit: config_sweep 1 server launch x 3 runs; imbalance" in md
     # The claims table is in the report, with its verdicts.
     assert "4 PASS, 2 SKIP, 1 XFAIL" in md and "| `exp1.ttft_falls` |" in md
     for section in ("## Profile", "## Provenance", "## Findings", "## Claims"):
@@ -173,3 +174,12 @@ def test_findings_list_every_claim_that_fails_with_its_meaning():
     assert lines[0].startswith("**FAIL** `runs` (completeness): All runs; the run is not whole")
     assert "**FAIL** `faster` (result): A is faster; the run does not show this result" in lines[1]
     assert "Observed p=0.3; no" in lines[1]
+
+
+def test_the_profile_section_says_how_a_unit_is_repeated():
+    from artifact.report.build import repetitions
+
+    assert repetitions(load_profile("gpu")) == (
+        "config_sweep 3 server launches x 1 run; imbalance 3 server launches x 1 run "
+        "(modes interleaved, launch by launch; the claims test over launches)"
+    )
