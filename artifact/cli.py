@@ -216,6 +216,12 @@ def _plan() -> Tool:
     return plan
 
 
+def _calibrate() -> Tool:
+    from artifact.stages import calibrate
+
+    return calibrate
+
+
 def _kernel_loads() -> Tool:
     from artifact.gpu.kernels import loads
 
@@ -288,6 +294,12 @@ TOOLS: tuple[ToolCommand, ...] = (
         _provenance,
     ),
     ToolCommand("plan", "what a full run of a vLLM profile does, and its node-hours", _plan),
+    ToolCommand(
+        "calibrate",
+        "A/A: one configuration on several server launches; the launch-to-launch spread sets "
+        "the claims' margins (calibrate/calibration.json)",
+        _calibrate,
+    ),
     ToolCommand(
         "kernel-loads",
         "extract per-step expert loads from routing logs or the study's gate logs into a small "

@@ -22,7 +22,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from artifact.checker.query import run_query
+from artifact.checker.query import per_launch, run_query
 from artifact.checker.rules import (
     Judgement,
     Refused,
@@ -33,7 +33,7 @@ from artifact.checker.rules import (
 )
 from artifact.checker.stats import holm
 from artifact.checker.tables import RunTables
-from artifact.config.claims import Claim, ClaimsFile, Reference
+from artifact.config.claims import Claim, ClaimsFile, Query, Reference
 from artifact.config.profiles import Profile
 from artifact.core.errors import ArtifactError
 from artifact.core.records import startup_failure
@@ -111,13 +111,28 @@ def judge(claim: Claim, tables: RunTables, profile_raw: dict, hardware: str) -> 
     if rel is None:
         assert ref is not None
         return judge_value(samples, ref, claim.per_row)
-    if rel.kind in ("increasing", "decreasing"):
-        return judge_trend(rel, samples, claim.unit)
     if rel.kind in ("correlated", "uncorrelated"):
         return judge_correlation(rel, samples)
+    # Comparisons test over server launches, not over runs on one server.
+    if rel.kind in ("increasing", "decreasing"):
+        return judge_trend(rel, per_launch(samples), claim.unit)
     assert rel.other is not None
     other = run_query(rel.other, tables, profile_raw)
-    return judge_two_sample(rel, samples, other, claim.unit)
+    judged = judge_two_sample(rel, per_launch(samples), per_launch(other), claim.unit)
+    judged.expected += f" ({name_sides(query, rel.other)})"
+    return judged
+
+
+def name_sides(a: Query, b: Query) -> str:
+    """What sides a and b of a comparison are: the conditions and columns that differ."""
+
+    def side(q: Query, o: Query) -> str:
+        parts = [f"{k}={v}" for k, v in q.where.items() if o.where.get(k) != v]
+        if q.column != o.column or q.table != o.table:
+            parts.append(f"{q.table}.{q.column}")
+        return ", ".join(parts) or "the same rows"
+
+    return f"a: {side(a, b)}; b: {side(b, a)}"
 
 
 def evaluate(
@@ -128,7 +143,7 @@ def evaluate(
     hardware: str | None = None,
 ) -> list[ClaimResult]:
     hardware = hardware or tables.hardware()
-    profile_raw = profile._raw if profile._raw is not None else profile.model_dump(mode="json")
+    profile_raw = profile.raw
     by_id = {c.id: c for c in claims.claims}
     # First every claim's skip reason or judgement, then the Holm adjustment over the tested
     # relations of each family, then the verdicts (premises first).

@@ -7,6 +7,7 @@ reduction. Numbers compare with a relative and absolute tolerance of 1e-12.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 import operator
@@ -152,6 +153,7 @@ class Samples:
     matched_rows: pd.DataFrame  # all the rows matching the conditions, values or not
     removed: list[dict] = field(default_factory=list)  # IQR outliers left out
     missing: int = 0  # matching rows without a value in the column
+    pooled_runs: int = 0  # runs pooled into per-launch medians (see per_launch), 0 if none
 
     @property
     def n(self) -> int:
@@ -172,6 +174,37 @@ class Samples:
             raise QueryError("this relation needs 'by' in the query (the column to group on)")
         values = pd.Series(self.values, index=self.rows.index, dtype=np.float64)
         return {k: group.tolist() for k, group in values.groupby(self.rows[key], sort=True)}
+
+
+def launch_groups(runs: Sequence[Any], launches: Sequence[Any]) -> list[list[int]] | None:
+    """Positions of the runs of each (unit, launch), the unit being the folder of the run's
+    name, in first-seen order; None when the runs are the unit already (one run per launch,
+    or every run from a single launch)."""
+    members: dict[tuple, list[int]] = {}
+    units = [str(r).rsplit("/", 1)[0] for r in runs]
+    for position, key in enumerate(zip(units, launches, strict=True)):
+        members.setdefault(key, []).append(position)
+    if len(members) == len(runs) or len({launch for _, launch in members}) < 2:
+        return None
+    return list(members.values())
+
+
+def per_launch(samples: Samples) -> Samples:
+    """Server launches as the statistical unit: one value per (unit, launch), the median of
+    its runs, with that launch's first row (see launch_groups); the samples as they are when
+    the query reduces or its table has no launches."""
+    rows = samples.rows
+    if samples.query.reduce is not None or not {"run", "launch"} <= set(rows.columns):
+        return samples
+    groups = launch_groups(rows["run"].tolist(), rows["launch"].tolist())
+    if groups is None:
+        return samples
+    return dataclasses.replace(
+        samples,
+        rows=rows.iloc[[group[0] for group in groups]],
+        values=[float(np.median([samples.values[i] for i in group])) for group in groups],
+        pooled_runs=len(rows),
+    )
 
 
 def run_query(query: Query, tables: RunTables, profile_raw: dict | None = None) -> Samples:

@@ -37,6 +37,10 @@ must hold) or computed by artifact.routing.correlation from the rows' `x` and `c
 inside (-max_abs_r, +max_abs_r). A row whose r is undefined (a constant variable) cannot
 support either and FAILs with that reason.
 
+Comparisons and trends test over server launches: where a unit's rows come from several
+launches, evaluate hands the rules one value per launch, the median of its runs
+(artifact.checker.query.per_launch), and the observed text says so.
+
 Every relation judged by a test reports its p-value (`details.p_value`); evaluate adjusts
 them by Holm within each family (the claims of one experiment).
 """
@@ -92,12 +96,15 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def dropped(**sides: Samples) -> list[str]:
     """A note per side with matching rows that have no value (missing, NaN), which the
-    rule leaves out."""
-    return [
-        f"{s.missing} row(s){f' of {name}' if len(sides) > 1 else ''} without a value left out"
-        for name, s in sides.items()
-        if s.missing
-    ]
+    rule leaves out, and per side whose runs were pooled into per-launch medians."""
+    notes = []
+    for name, s in sides.items():
+        of = f" of {name}" if len(sides) > 1 else ""
+        if s.missing:
+            notes.append(f"{s.missing} row(s){of} without a value left out")
+        if s.pooled_runs:
+            notes.append(f"{s.pooled_runs} runs{of} as {s.n} per-launch medians")
+    return notes
 
 
 # --- value claims -----------------------------------------------------------------------------

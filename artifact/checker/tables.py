@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
+from artifact.core.layout import launch_of
 from artifact.core.manifest import RunDir
 from artifact.core.tables import frame
 
@@ -136,7 +137,7 @@ class RunTables:
         for path in self.layout.bench_provenances():
             rel = path.parent.relative_to(bench)
             parts = rel.parts
-            row: dict[str, Any] = {"path": rel.as_posix()}
+            row: dict[str, Any] = {"path": rel.as_posix(), "launch": launch_of(path)}
             if parts and parts[0] in ("config_sweep", "imbalance", "eplb_ablation"):
                 row["experiment"] = parts[0]
                 if len(parts) > 1:

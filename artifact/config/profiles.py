@@ -188,6 +188,9 @@ class BenchSpec(Strict):
     max_concurrency: int | None = Field(None, ge=1)
     output_len: int | None = Field(None, ge=1)
     warmup_requests: int = Field(0, ge=0)
+    # Independent server launches per unit, each with `repeat` measured runs; the launches of
+    # an experiment's units are interleaved (round 1: every unit, round 2: every unit ...).
+    launches: int = Field(1, ge=1)
     repeat: int = Field(1, ge=1)
     seed: int = 0
     request_timeout_s: float = Field(600.0, gt=0)
@@ -389,9 +392,14 @@ class Profile(Strict):
     def path(self) -> Path | None:
         return self._path
 
+    @property
+    def raw(self) -> dict:
+        """The profile as read from its YAML (as validated, for one built in code)."""
+        return self._raw if self._raw is not None else self.model_dump(mode="json")
+
     def section_hash(self, *sections: str) -> str:
         """sha256 over the named top-level sections (all of them when none are named)."""
-        raw = self._raw if self._raw is not None else self.model_dump(mode="json")
+        raw = self.raw
         keys = sections or tuple(sorted(raw))
         blob = json.dumps({k: raw.get(k) for k in keys}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -7,11 +7,15 @@ datasets/metadata.json             the suite: one entry per NNN_<score>.jsonl be
 datasets/sweep_prompts.jsonl, eplb_prompts.jsonl
 serve/<mode>/provenance.json, server.log
 bench/<experiment>/<mode>/...      a unit folder (UnitDir) per unit; imbalance units share
-                                   their mode's server folder, one level up
+                                   their mode's server folder, one level up; with several
+                                   launches, launch k >= 1's server files are named
+                                   server.launchNN.log, provenance.launchNN.json
 bench/replay/                      offline replays of the prompt sets
 imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
 plots/figures.json, report.md, report.html
 check/claims.json, claims.md
+calibrate/calibration.json         A/A launches (runs/<profile>-calibrate), beside
+                                   calibrate/<profile>-calibrate.yaml, the profile they ran
 kernels/, parallel/ (GPU stages: replay_loads.json, summary.json, torchrun.log)
 ```
 """
@@ -28,6 +32,7 @@ from artifact.core.tables import table_file
 RUN_LABEL = "run"  # measured runs: run.repNN.json and run.repNN.routing
 PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server.nsys-rep
 UNIT_RECORD = "unit.json"
+UNIT_PARTIAL = "unit.partial.json"  # the launches of a unit finished so far
 PROVENANCE = "provenance.json"
 # A name that becomes one path component (profile, mode, experiment, dataset, image).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -39,16 +44,40 @@ def safe_name(name: str) -> bool:
     return bool(SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
+def launch_of(server_file: Path) -> int:
+    """The launch a server file belongs to (`provenance.launch02.json`: 2; plain names: 0)."""
+    found = re.search(r"\.launch(\d+)\.", server_file.name)
+    return int(found.group(1)) if found else 0
+
+
 @dataclass(frozen=True)
 class UnitDir:
-    """A folder of one server's files: a serve mode, a bench unit or its profiled pass."""
+    """A folder of one server's files: a serve mode, a bench unit or its profiled pass.
+    With several launches, launch k >= 1's server files sit beside launch 0's (in the
+    folder the server may write routing logs under), named `<name>.launchNN.<ext>`."""
 
     path: Path
+    launch_index: int = 0
+
+    def _server_file(self, name: str) -> Path:
+        if self.launch_index:
+            stem, ext = name.split(".", 1)
+            name = f"{stem}.launch{self.launch_index:02d}.{ext}"
+        return self.path / name
 
     @property
     def record(self) -> Path:
         """`unit.json`: a timed unit is finished when it exists."""
         return self.path / UNIT_RECORD
+
+    @property
+    def partial_record(self) -> Path:
+        """`unit.partial.json`: the runs of the launches finished so far, while some are not."""
+        return self.path / UNIT_PARTIAL
+
+    def launch(self, index: int) -> UnitDir:
+        """The same folder with launch `index`'s server files (launch 0: the plain names)."""
+        return UnitDir(self.path, index)
 
     @property
     def profile_marker(self) -> Path:
@@ -57,11 +86,11 @@ class UnitDir:
 
     @property
     def provenance(self) -> Path:
-        return self.path / PROVENANCE
+        return self._server_file(PROVENANCE)
 
     @property
     def server_log(self) -> Path:
-        return self.path / "server.log"
+        return self._server_file("server.log")
 
     @property
     def startup_failure(self) -> Path:
@@ -71,7 +100,7 @@ class UnitDir:
     @property
     def routing_control(self) -> Path:
         """The routing plugin's control file (vLLM engine), beside the server log."""
-        return self.path / "routing-control.json"
+        return self._server_file("routing-control.json")
 
     @property
     def nsys_report(self) -> Path:
@@ -200,8 +229,9 @@ class RunLayout:
         return sorted(self.stage("bench").rglob(UNIT_RECORD))
 
     def bench_provenances(self) -> list[Path]:
-        """Every bench server's `provenance.json` (a mode's, a sweep unit's, a profiled pass's)."""
-        return sorted(self.stage("bench").rglob(PROVENANCE))
+        """Every bench server's `provenance.json` (a mode's, a sweep unit's, a profiled pass's;
+        `provenance.launchNN.json` of later launches)."""
+        return sorted(self.stage("bench").rglob("provenance*.json"))
 
     def bench_reports(self) -> list[Path]:
         """Every nsys report of the profiled passes."""
@@ -225,6 +255,15 @@ class RunLayout:
         """The CUDA kernel summary of an nsys report under bench/ (`nsys stats`)."""
         rel = report.relative_to(self.stage("bench"))
         return self.stage("imbalance") / "nsys" / rel.parent / f"{report.stem}.kernels.csv"
+
+    # calibrate (a run directory of its own, runs/<profile>-calibrate)
+    @property
+    def calibration(self) -> Path:
+        return self.stage("calibrate") / "calibration.json"
+
+    def calibration_profile(self, name: str) -> Path:
+        """The derived profile the A/A run ran (`calibrate/<name>.yaml`)."""
+        return self.inside("calibrate", f"{name}.yaml")
 
     # plots and check
     @property

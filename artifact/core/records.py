@@ -11,6 +11,7 @@ field and the stage to rerun.
 - `serve/<mode>/provenance.json`: `ServeProvenance`; a bench server's: `Provenance`;
 - `bench/.../unit.json`: `UnitRecord`, one `UnitRun` per measured run; a profiled pass's
   `profile.json`: `ProfileRecord`;
+- `calibrate/calibration.json`: `CalibrationRecord`;
 - `bench/.../<label>.repNN.json`: `ResultFile`, vLLM's `--save-result` schema (any file
   of that schema, ours or vLLM's; artifact.serving.results computes and verifies it).
 """
@@ -230,7 +231,8 @@ class UnitIdentity(Record):
 
 
 class UnitRun(Record):
-    repetition: int
+    repetition: int  # unique within the unit: launch x repeat + the run's index in its launch
+    launch: int = 0  # the server launch that measured it (records before launches: 0)
     result: str  # file names in the unit's folder
     routing: str
     capture: dict[str, Any]  # what the engine's routing capture reported when it stopped
@@ -241,7 +243,8 @@ class UnitRun(Record):
 
 
 class UnitRecord(UnitIdentity):
-    """`unit.json`: a finished timed unit and its measured runs."""
+    """`unit.json`: a finished timed unit and its measured runs (all its launches);
+    `unit.partial.json`: the runs of the launches finished so far."""
 
     runs: list[UnitRun]
 
@@ -253,6 +256,32 @@ class ProfileRecord(UnitIdentity):
     report_bytes: int
     result: str
     completed: int
+
+
+# --- calibrate --------------------------------------------------------------------------------
+
+
+class MetricCalibration(Record):
+    """One metric's launch-to-launch (A/A) spread at the calibrated configuration."""
+
+    launch_medians: list[float]  # per launch, the median of its runs
+    aa_rel_diffs: list[float]  # |m_i - m_j| / mean(m_i, m_j) for every pair of launches
+    max_rel_diff: float  # the largest of them: the smallest margin that is not noise
+    launch_cv: float  # std / mean of the launch medians
+    run_cv: float  # within one launch: the median over launches of its runs' CV
+
+
+class CalibrationRecord(Record):
+    """`calibrate/calibration.json`: A/A launches of one configuration and the relative
+    margins their spread implies (artifact.stages.calibrate)."""
+
+    profile: str
+    mode: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    launches: int
+    repeat: int
+    metrics: dict[str, MetricCalibration]
 
 
 # --- bench: result files (vLLM's schema) -----------------------------------------------------

@@ -14,7 +14,7 @@ from artifact.checker import (
     summary_line,
 )
 from artifact.checker.tables import RunTables
-from artifact.config.profiles import Profile
+from artifact.config.profiles import Profile, enabled_experiments
 from artifact.core.errors import ArtifactError
 from artifact.core.io import atomic_write_text
 from artifact.core.runner import PIPELINE
@@ -249,6 +249,7 @@ def make_report(
             f"model: {profile.model.name} ({profile.model.source}, {profile.model.dtype})",
             f"engine: {profile.engine.kind}"
             + (f" {profile.engine.vllm_ref}" if profile.engine.vllm_ref else ""),
+            "repetitions per unit: " + repetitions(profile),
         ]
     )
     report.table(
@@ -321,6 +322,21 @@ def make_report(
         report.para(summary_line(part))
         report.table(list(CLAIMS_COLUMNS), claims_rows(part))
     return report
+
+
+def repetitions(profile: Profile) -> str:
+    """Each enabled experiment's server launches x runs per launch."""
+    specs = {
+        name: getattr(profile.experiments, name).bench for name in enabled_experiments(profile)
+    }
+    text = "; ".join(
+        f"{name} {b.launches} server launch{'es' if b.launches > 1 else ''} x "
+        f"{b.repeat} run{'s' if b.repeat > 1 else ''}"
+        for name, b in specs.items()
+    )
+    if any(b.launches > 1 for b in specs.values()):
+        text += " (modes interleaved, launch by launch; the claims test over launches)"
+    return text
 
 
 MEANING: dict[str, str | dict[str, str]] = {

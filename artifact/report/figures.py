@@ -27,8 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
-from scipy import stats
 
+from artifact.checker.query import launch_groups
 from artifact.core.io import atomic_write_bytes
 from artifact.core.tables import markdown_table
 from artifact.routing.correlation import correlation
@@ -90,6 +90,7 @@ def mode_style(modes: Sequence[str], mode: str) -> dict:
 
 
 LINESTYLES = ("-", "--", ":", "-.")
+LINESTYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}
 
 
 def with_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -107,13 +108,35 @@ def save(fig: MplFigure, path: Path, *, tight: bool = True) -> Path:
     return path
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width of the t interval of the mean); half-width 0 for one value."""
+def median_ci(
+    values: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(median, low, high): the percentile bootstrap interval of the median, which stays
+    inside the values' own range (no interval below zero for a positive quantity)."""
     v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return float(v.mean()), 0.0
-    half = stats.t.ppf((1 + confidence) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean()), float(half)
+    boot = np.median(v[np.random.default_rng(seed).integers(0, v.size, (n_boot, v.size))], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return float(np.median(v)), float(low), float(high)
+
+
+def launch_values(rows: pd.DataFrame, column: str) -> list[float]:
+    """The rows' values of `column`, one per server launch (the median of its runs) where
+    they come from several launches, else one per run."""
+    values = rows[column].astype(float).tolist()
+    if "run" not in rows or "launch" not in rows:
+        return values
+    groups = launch_groups(rows["run"].tolist(), rows["launch"].tolist())
+    return values if groups is None else [float(np.median([values[i] for i in g])) for g in groups]
+
+
+def total_concurrency(rows: pd.DataFrame) -> pd.Series | None:
+    """max-num-seqs x data-parallel ranks (each rank admits max-num-seqs sequences), where
+    some mode runs more than one rank; None where every mode runs one."""
+    if "data_parallel_size" not in rows:
+        return None
+    ranks = rows["data_parallel_size"].astype(float).fillna(1)
+    return None if (ranks <= 1).all() else rows["max_num_seqs"] * ranks
 
 
 def _log_scale_if_wide(ax, values: Sequence[float]) -> None:
@@ -144,6 +167,12 @@ def sweep_figure(
     ]
     if rows.empty:
         return None
+    x_label = KNOB_LABELS[knob]
+    total = total_concurrency(rows) if knob == "max_num_seqs" else None
+    if total is not None:  # modes with DP ranks admit max-num-seqs per rank
+        rows = rows.assign(max_num_seqs=total)
+        x_label = "total concurrency (max-num-seqs x DP ranks)"
+    launches = "launch" in rows and rows["launch"].nunique() > 1
     colors = mode_colors(modes)
     version = rows["engine_version"].map(lambda v: str(v or "unknown"))
     versions = sorted(set(version))
@@ -155,7 +184,7 @@ def sweep_figure(
         all_values = []
         for mode in modes:
             done = rows[(rows["mode"] == mode) & rows[metric].notna()]
-            # the repetitions at each setting of the knob, in ascending order
+            # the runs at each setting of the knob, in ascending order
             groups: dict[Any, Any] = {
                 x: group[metric] for x, group in done.groupby(knob, sort=True)
             }
@@ -163,15 +192,17 @@ def sweep_figure(
                 continue
             xs = list(groups)
             dodge = 1 + 0.025 * (list(modes).index(mode) - (len(modes) - 1) / 2)
-            stats_ = [mean_ci(groups[x].tolist()) for x in xs]
-            means = [m for m, _ in stats_]
-            halves = [h for _, h in stats_]
-            max_reps = max(max_reps, *(len(g) for g in groups.values()))
+            points = {x: launch_values(done.loc[groups[x].index], metric) for x in xs}
+            stats_ = [median_ci(points[x]) for x in xs]
+            medians = [m for m, _, _ in stats_]
+            below = [m - low for m, low, _ in stats_]
+            above = [high - m for m, _, high in stats_]
+            max_reps = max(max_reps, *(len(p) for p in points.values()))
             all_values += [v for x in xs for v in groups[x]]
             ax.errorbar(
                 [x * dodge for x in xs],
-                means,
-                yerr=halves if any(halves) else None,
+                medians,
+                yerr=[below, above] if any(below) or any(above) else None,
                 color=colors[mode],
                 marker="o" if not mark_versions else None,
                 capsize=4,
@@ -179,9 +210,14 @@ def sweep_figure(
                 label=mode,
             )
             for x in xs:
-                reps = groups[x].tolist()
-                if len(reps) > 1:
-                    ax.scatter([x * dodge] * len(reps), reps, color=colors[mode], s=12, alpha=0.35)
+                if len(points[x]) > 1:
+                    ax.scatter(
+                        [x * dodge] * len(points[x]),
+                        points[x],
+                        color=colors[mode],
+                        s=12,
+                        alpha=0.35,
+                    )
             if mark_versions:
                 for x in xs:
                     for v, value in zip(version[groups[x].index], groups[x], strict=True):
@@ -197,9 +233,9 @@ def sweep_figure(
         ax.set_xscale("log", base=2)
         ticks = sorted(set(rows[knob]))
         ax.set_xticks(ticks)
-        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
-        ax.set_xlabel(KNOB_LABELS[knob])
+        ax.set_xlabel(x_label)
         ax.set_ylabel(label)
         _log_scale_if_wide(ax, all_values)
         ax.set_title(label.split(" (")[0])
@@ -236,12 +272,19 @@ def sweep_figure(
     )
     fig.tight_layout()
     path = save(fig, out / f"fig{number}_sweep_{knob}.png")
+    unit = "server launches (each the median of its runs)" if launches else "repetitions"
     reps_text = (
-        f"lines join the means of {max_reps} repetitions, error bars are 95% t-intervals of "
-        "the mean and dots the single repetitions"
+        f"lines join the medians of {max_reps} {unit}, error bars are 95% percentile-bootstrap "
+        f"intervals of the median (inside the {unit.split(' (')[0]}' range, never below zero) "
+        "and dots the single values"
         if max_reps > 1
         else "one run per point (no repetitions, so no error bars)"
     )
+    if total is not None:
+        reps_text += (
+            "; the x axis is the total concurrency: max-num-seqs applies per data-parallel "
+            "rank, so a mode with DP ranks admits max-num-seqs x ranks sequences"
+        )
     version_text = (
         f"; marker shapes tell the engine builds apart ({', '.join(versions)}): points on "
         "different builds are not comparable"
@@ -252,7 +295,7 @@ def sweep_figure(
         number=number,
         slug=f"sweep_{knob}",
         title=f"Experiment 1: performance vs {KNOB_LABELS[knob]}",
-        caption=f"TTFT, TPOT and output throughput vs {KNOB_LABELS[knob]} at "
+        caption=f"TTFT, TPOT and output throughput vs {x_label} at "
         f"{fixed_label} = {fixed_value}, one line per mode ({', '.join(modes)}); "
         f"{reps_text}{version_text}. Axes with a range over 20x are logarithmic.",
         path=path,
@@ -426,6 +469,13 @@ def _scatter_fit(
     return plotted
 
 
+def trend_styles(modes: Sequence[str]) -> str:
+    """The trend line style of each mode as _scatter_fit draws it, in words."""
+    return ", ".join(
+        f"{mode} {LINESTYLE_NAMES[LINESTYLES[i % len(LINESTYLES)]]}" for i, mode in enumerate(modes)
+    )
+
+
 def imbalance_figure(
     runs: pd.DataFrame,
     correlations: pd.DataFrame,
@@ -468,8 +518,8 @@ def imbalance_figure(
         number=number,
         slug=slug,
         title=title,
-        caption=f"{caption} Dashed lines: least-squares trend per mode; legend: Spearman "
-        f"rho with its bootstrap 95% interval and n, {filt}.",
+        caption=f"{caption} Lines: least-squares trend per mode ({trend_styles(modes)}); "
+        f"legend: Spearman rho with its bootstrap 95% interval and n, {filt}.",
         path=path,
         section="Experiment 3",
     )

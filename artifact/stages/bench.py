@@ -1,20 +1,32 @@
 """Stage `bench`: the experiments against real servers, with routing captured per run.
 
 Units (each resumable: a unit is finished when its `unit.json` exists and names only files
-that exist; an interrupted or damaged unit is redone from scratch; `--redo UNIT` redoes one,
+that exist; a damaged unit is redone from scratch, an interrupted one from its unfinished
+launches; `--redo UNIT` redoes one,
 UNIT as the progress line and the folder under bench/ name it, e.g.
 `imbalance/eager/001_0.2720`):
 
 - config sweep: one unit per (mode, max-num-seqs, max-num-batched-tokens); one server start
-  per unit, warm-up requests, then `repeat` measured runs on the sweep's fixed prompts;
+  per unit and launch, warm-up requests, then `repeat` measured runs on the sweep's fixed
+  prompts;
 - EPLB ablation: one unit per mode (`bench/eplb_ablation/<mode>/`), its own server, the
   same for the ablation's fixed prompts (`datasets/eplb_prompts.jsonl`);
-- imbalance: one unit per (mode, dataset); one server per mode, reused across datasets;
+- imbalance: one unit per (mode, dataset); one server per mode and launch, reused across
+  the datasets;
 - profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
   all timed units, one pass of each such unit's prompts on a server of its own under nsys,
   collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
   marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
   runs, and the timed servers never run under nsys (profiling perturbs timing).
+
+Launches: a unit's measured runs come from the bench spec's `launches` independent server
+starts (`repeat` runs on each; run k of launch l is repetition l x repeat + k). An
+experiment runs in rounds, round l the l-th launch of every unit, so the modes alternate
+(ABAB) instead of running in blocks: at a sweep point the modes take turns, and the
+imbalance servers of the modes take turns. A unit is finished when all its launches are
+(`unit.json`); the launches finished before an interruption are kept in `unit.partial.json`
+and not rerun. Launch 0's server files have the plain names, launch l's sit beside them as
+`server.launchNN.log`, `provenance.launchNN.json` (artifact.core.layout.UnitDir).
 
 Only the selected experiments run (artifact.config.profiles.selected_experiments:
 $MOE_ARTIFACT_EXPERIMENTS, else every enabled one).
@@ -106,6 +118,25 @@ class Unit:
             "prompts": self.prompts_file.name,
         }
 
+    def server_dir(self, layout: RunLayout, launch: int) -> UnitDir:
+        """Where launch `launch`'s server files go: a sweep unit's own folder, or the folder
+        its mode's units share (imbalance, EPLB ablation)."""
+        own = self.folder(layout)
+        if self.experiment != "config_sweep":
+            own = layout.bench_unit(f"{self.experiment}/{self.mode}")
+        return own.launch(launch)
+
+    def finished_runs(self, layout: RunLayout) -> list[UnitRun]:
+        """The runs of the launches finished before an interruption (`unit.partial.json`,
+        when it is readable and names only files that exist), else none."""
+        folder = self.folder(layout)
+        try:
+            runs = read_record(folder.partial_record, UnitRecord).runs
+        except ArtifactError:
+            return []
+        present = all((folder.path / n).is_file() for r in runs for n in (r.result, r.routing))
+        return runs if present else []
+
     def unfinished(self, layout: RunLayout) -> str | None:
         """Why the unit must (re)run, None when it is finished: its marker is readable and
         every file the marker names exists."""
@@ -153,8 +184,8 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
     if "config_sweep" in experiments:
         sweep = profile.experiments.config_sweep
         assert sweep is not None  # a selected experiment is in the profile
-        for mode in sweep.modes:
-            for limits in sweep_points(profile):
+        for limits in sweep_points(profile):  # the modes take turns at each point
+            for mode in sweep.modes:
                 units.append(Unit("config_sweep", mode, limits, layout.sweep_prompts, sweep.bench))
     nsys_ablation = False
     if "eplb_ablation" in experiments:
@@ -187,6 +218,18 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
         if profile.modes[u.mode].nsys or (u.experiment == "eplb_ablation" and nsys_ablation)
     ]
     return units + profiled
+
+
+def schedule(units: list[Unit]) -> list[tuple[Unit, int]]:
+    """(unit, launch) in the order they run: per experiment, round l runs the l-th launch of
+    each of its units (in plan order); the profiled passes last."""
+    timed = [u for u in units if not u.profiled]
+    order: list[tuple[Unit, int]] = []
+    for experiment in dict.fromkeys(u.experiment for u in timed):
+        mine = [u for u in timed if u.experiment == experiment]
+        for launch in range(max(u.bench.launches for u in mine)):
+            order += [(u, launch) for u in mine if launch < u.bench.launches]
+    return order + [(u, 0) for u in units if u.profiled]
 
 
 def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
@@ -342,26 +385,36 @@ class BenchStage(Stage):
             replayer = Replayer(
                 engine.model_dir, layout.replay_cache, ctx.profile.engine, ctx.profile.model.dtype
             )
-        todo = []
+        pending = []
         for unit in units:
             why = unit.unfinished(layout)
             if why is None:
                 continue
-            todo.append(unit)
+            pending.append(unit)
             if why not in ("not run", "unfinished"):  # a finished unit, damaged since
                 name = unit.key + (" (profiled pass)" if unit.profiled else "")
                 console.print(f"  bench: redoing {name}: {why}", soft_wrap=True)
                 set_aside(ctx, self.name, [unit.folder(layout).path])
-        if len(todo) < len(units):
+        if len(pending) < len(units):
             console.print(
-                f"  bench: {len(units) - len(todo)} of {len(units)} units already done, resuming"
+                f"  bench: {len(units) - len(pending)} of {len(units)} units already done, resuming"
             )
+        todo = [
+            (u, launch)
+            for u, launch in schedule(pending)
+            if u.profiled or launch not in {r.launch for r in u.finished_runs(layout)}
+        ]
         server, server_key = None, None
         runs = profiles = 0
         try:
             with UnitProgress("bench", len(todo)) as progress:
-                for unit in todo:
-                    progress.start(unit.key + (" (profiled)" if unit.profiled else ""))
+                for unit, launch in todo:
+                    of = unit.bench.launches
+                    progress.start(
+                        unit.key
+                        + (" (profiled)" if unit.profiled else "")
+                        + (f" launch {launch + 1}/{of}" if of > 1 and not unit.profiled else "")
+                    )
                     if unit.profiled:
                         if server is not None:
                             server.stop()
@@ -370,25 +423,20 @@ class BenchStage(Stage):
                         profiles += 1
                         progress.done()
                         continue
-                    # Imbalance units of one mode share a server; the others get their own.
-                    key = (
-                        unit.experiment,
-                        unit.mode,
-                        unit.limits if unit.experiment == "config_sweep" else None,
-                    )
-                    if server is None or key != server_key:
+                    # Imbalance units of one mode share a server per launch; the others get
+                    # their own.
+                    server_dir = unit.server_dir(layout, launch)
+                    if server is None or server_dir != server_key:
                         if server is not None:
                             server.stop()
-                        server_dir = layout.bench_unit(f"{unit.experiment}/{unit.mode}")
-                        if unit.experiment == "config_sweep":
-                            server_dir = unit.folder(layout)
+                        server_dir.path.mkdir(parents=True, exist_ok=True)
                         server = engine.start(unit.mode, unit.limits, server_dir.server_log)
-                        server_key = key
+                        server_key = server_dir
                         capabilities = self._warm_up(server, unit)
                         provenance = self._provenance(engine, server, unit, server_dir.provenance)
                         write_record(server_dir.provenance, provenance)
                     runs += self._run_unit(
-                        server, capabilities, unit, unit.folder(layout), provenance, replayer
+                        server, capabilities, unit, launch, layout, provenance, replayer
                     )
                     progress.done()
         finally:
@@ -489,23 +537,28 @@ class BenchStage(Stage):
         server,
         capabilities: ServerCapabilities,
         unit: Unit,
-        folder: UnitDir,
+        launch: int,
+        layout: RunLayout,
         provenance: Provenance,
         replayer: Replayer | None,
     ) -> int:
-        if folder.path.exists() and unit.experiment == "imbalance":
-            shutil.rmtree(folder.path)  # partial output of an interrupted unit
-        else:
-            for stale in folder.runs(RUN_LABEL):
+        """Launch `launch`'s measured runs of the unit; the unit's record when it was the last."""
+        folder = unit.folder(layout)
+        earlier = [r for r in unit.finished_runs(layout) if r.launch != launch]
+        kept = {name for r in earlier for name in (r.result, r.routing)}
+        for stale in folder.runs(RUN_LABEL):  # partial output of an interrupted launch
+            if stale.name not in kept:
                 stale.unlink()
         folder.path.mkdir(parents=True, exist_ok=True)
         prompts = load_prompts(unit.prompts_file)
         config = bench_config(server.base_url, server.model_id, unit.bench)
-        info = server_info(unit, provenance)
+        info = {**server_info(unit, provenance), "launch": launch}
         runs = []
-        for rep in range(unit.bench.repeat):
+        first = launch * unit.bench.repeat
+        for rep in range(first, first + unit.bench.repeat):
             routing = folder.routing(RUN_LABEL, rep)
-            server.start_routing(routing, meta={"unit": unit.key, "repetition": rep})
+            meta = {"unit": unit.key, "repetition": rep, "launch": launch}
+            server.start_routing(routing, meta=meta)
             try:
                 result = asyncio.run(
                     run_benchmark(
@@ -557,6 +610,7 @@ class BenchStage(Stage):
             runs.append(
                 UnitRun(
                     repetition=rep,
+                    launch=launch,
                     result=path.name,
                     routing=routing.name,
                     capture=stats,
@@ -565,7 +619,12 @@ class BenchStage(Stage):
                     replay_mismatch=mismatch,
                 )
             )
-        write_record(folder.record, UnitRecord(**unit.identity(), runs=runs))
+        every = sorted(earlier + runs, key=lambda r: r.repetition)
+        if {r.launch for r in every} == set(range(unit.bench.launches)):
+            write_record(folder.record, UnitRecord(**unit.identity(), runs=every))
+            folder.partial_record.unlink(missing_ok=True)
+        else:
+            write_record(folder.partial_record, UnitRecord(**unit.identity(), runs=every))
         return len(runs)
 
 

@@ -3,8 +3,9 @@
 Reads every measured run of the bench stage (its vLLM-format result and its routing log) and
 writes tidy tables under `imbalance/`:
 
-- `runs.csv|json`: one row per measured run: experiment, mode, limits, dataset, predicted
-  score, repetition; the performance summary of the result file; the headline imbalance
+- `runs.csv|json`: one row per measured run: experiment, mode, limits, the mode's data-parallel
+  ranks and `effective_concurrency` (max-num-seqs x ranks), dataset, predicted score,
+  repetition, launch; the performance summary of the result file; the headline imbalance
   measures (prefixed `imb_`, all phases, loads summed within each layer, averaged over
   layers; see artifact.routing.aggregate for the exact rules);
 - `per_layer`, `summary`, `expert_loads`, `legacy`, `default_vs_legacy`, `skipped`: the
@@ -49,6 +50,8 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
         redo = f"rerun `moe-artifact bench --redo {key}`"
         unit = read_record(record, UnitRecord, redo)
         folder = UnitDir(record.parent)
+        mode = ctx.profile.modes.get(unit.mode)
+        ranks = mode.data_parallel_size if mode else None
         for run in unit.runs:
             result_path = folder.path / run.result
             result = read_record(result_path, ResultFile, redo)
@@ -65,9 +68,13 @@ def run_rows(ctx: StageContext) -> list[tuple[dict, Path]]:
                 "mode": unit.mode,
                 "max_num_seqs": unit.max_num_seqs,
                 "max_num_batched_tokens": unit.max_num_batched_tokens,
+                # max-num-seqs applies per data-parallel rank: the server admits this many
+                "data_parallel_size": ranks,
+                "effective_concurrency": unit.max_num_seqs * ranks if ranks else None,
                 "dataset": unit.dataset or "",
                 "predicted_score": scores.get(unit.dataset) if unit.dataset else None,
                 "repetition": run.repetition,
+                "launch": run.launch,
                 "result": result_path.relative_to(layout.root).as_posix(),
                 "mean_input_tokens": tokens / max(result.completed, 1),
             }

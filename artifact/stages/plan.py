@@ -3,7 +3,8 @@
     moe-artifact plan --profile perlmutter [--json] [--budget 1.5]
 
 Per experiment: the server starts (the serve stage's provenance check of each mode not served
-by an earlier experiment, one timed server per unit's server, one per profiled pass), the
+by an earlier experiment, one timed server per unit's server and launch, one per profiled
+pass), the
 measured runs (repetitions) and the profiled passes, then an estimate of the wall time from the
 original study's own measurements on the same node (4x A100, Mixtral-8x7B):
 
@@ -102,16 +103,17 @@ def plan(profile: Profile) -> list[ExperimentPlan]:
         for mode_name in new:
             seconds += START_UP_S[kind(profile.modes[mode_name])]
         runs = passes = 0
+        launches = bench.launches  # each unit's server started that many times
         for mode_name, _limits, prompts, datasets, profiled in units:
             mode = profile.modes[mode_name]
             one = run_seconds(mode, prompts, bench.output_len)
             warm = run_seconds(mode, bench.warmup_requests, bench.output_len)
-            seconds += START_UP_S[kind(mode)] + datasets * (warm + bench.repeat * one)
-            runs += datasets * bench.repeat
+            seconds += launches * (START_UP_S[kind(mode)] + datasets * (warm + bench.repeat * one))
+            runs += launches * datasets * bench.repeat
             if profiled:
                 seconds += START_UP_S[kind(mode)] + warm + one
                 passes += 1
-        out.append(ExperimentPlan(name, len(new), len(units), runs, passes, seconds))
+        out.append(ExperimentPlan(name, len(new), launches * len(units), runs, passes, seconds))
     return out
 
 

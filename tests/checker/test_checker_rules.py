@@ -225,6 +225,37 @@ def test_two_sample_rules_use_the_repetitions(tmp_path):
     assert "paired t p=" in results["paired"].observed
 
 
+def test_comparisons_test_over_launches_not_runs(tmp_path):
+    """Runs on one server agree closely, launches do not: the test's unit is the launch
+    (the median of its runs), so 2 launches a side cannot show what 6 runs seem to."""
+    values = {
+        "a": [100, 100.5, 99.5, 110, 110.5, 109.5],
+        "b": [108, 108.5, 107.5, 118, 118.5, 117.5],
+    }
+    rows = [
+        {"run": f"config_sweep/{mode}/8_512/rep{i:02d}", "mode": mode, "launch": i // 3, "x": v}
+        for mode, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
+    one_launch = [dict(r, launch=0) for r in rows]
+    less = claim(
+        "less",
+        quantity={"table": "runs", "where": {"mode": "a"}, "column": "x"},
+        relation={
+            "kind": "less",
+            "other": {"table": "runs", "where": {"mode": "b"}, "column": "x"},
+        },
+    )
+    result = judge(tmp_path, [less], runs=rows)["less"]
+    assert result.verdict == "FAIL"
+    assert "n=2 vs n=2" in result.observed
+    assert "6 runs of a as 2 per-launch medians" in result.observed
+    assert result.expected == "a < b (a: mode=a; b: mode=b)"  # the table says which side is which
+    # the same numbers from one launch: the runs are the unit, as before
+    result = judge(tmp_path, [less], runs=one_launch)["less"]
+    assert result.verdict == "PASS" and "n=6 vs n=6" in result.observed
+
+
 def test_margins_and_point_values(tmp_path):
     rows = sweep_rows({("a", 8): [100, 102, 98], ("b", 8): [110, 111, 109], ("p", 8): [50]})
     q = {"table": "runs", "column": "mean_ttft_ms"}

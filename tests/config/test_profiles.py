@@ -117,6 +117,7 @@ def patched(raw: dict, dotted: str, value) -> dict:
         ("experiments.config_sweep.max_num_batched_tokens", [], "max_num_batched_tokens", "1 it"),
         ("experiments.config_sweep.fixed_max_num_seqs", 0, "fixed_max_num_seqs", ">= 1"),
         ("experiments.imbalance.bench.repeat", 0, "bench.repeat", ">= 1"),
+        ("experiments.config_sweep.bench.launches", 0, "config_sweep.bench.launches", ">= 1"),
         ("experiments.imbalance.bench.request_timeout_s", 0, "request_timeout_s", "> 0"),
         ("engine.startup_timeout_s", -1, "engine.startup_timeout_s", "> 0"),
         ("model.architecture.hidden_size", -256, "model.architecture", "hidden_size is -256"),
@@ -151,3 +152,14 @@ def test_mode_names_are_safe_folder_names(write_profile, local_profile_raw, name
     experiments["config_sweep"]["modes"] = [name]
     with pytest.raises(ArtifactError, match=f"field 'modes': mode name {name!r} is not allowed"):
         load_profile(write_profile({"modes": modes, "experiments": experiments}))
+
+
+@pytest.mark.parametrize("name", ["gpu", "perlmutter"])
+def test_gpu_profiles_repeat_over_at_least_three_server_launches(name):
+    """Issue 19: repetitions are independent server launches, at least 3 per mode and
+    configuration on the GPU profiles (the local profile keeps one: its start-up cost)."""
+    experiments = load_profile(name).experiments
+    for exp in (experiments.config_sweep, experiments.eplb_ablation, experiments.imbalance):
+        if exp is not None and exp.enabled:
+            assert exp.bench.launches >= 3
+    assert load_profile("local").experiments.imbalance.bench.launches == 1

@@ -4,7 +4,7 @@ the stages name no run-directory file themselves."""
 import re
 from pathlib import Path
 
-from artifact.core.layout import PROFILE_LABEL, RUN_LABEL, RunLayout
+from artifact.core.layout import PROFILE_LABEL, RUN_LABEL, RunLayout, UnitDir, launch_of
 
 STAGES = Path(__file__).resolve().parents[2] / "artifact" / "stages"
 # Owned by the checker/report rewrite; switched to RunLayout when it is merged.
@@ -104,3 +104,16 @@ def test_stages_name_no_run_dir_file():
         if (m := literal.search(line)) and m.group(0) not in OUTSIDE_RUN_DIR
     ]
     assert found == []
+
+
+def test_a_later_launch_keeps_its_server_files_beside_the_first(tmp_path):
+    unit = UnitDir(tmp_path / "bench" / "config_sweep" / "eager" / "4_512")
+    assert unit.launch(0) == unit and unit.server_log.name == "server.log"
+    second = unit.launch(2)
+    assert second.path == unit.path  # the server may write routing logs only under its folder
+    assert (second.server_log.name, second.provenance.name) == (
+        "server.launch02.log",
+        "provenance.launch02.json",
+    )
+    assert second.record == unit.record  # one unit record for all launches
+    assert [launch_of(p) for p in (unit.provenance, second.provenance)] == [0, 2]

@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 from run_dirs import analysed_run_dir
 
@@ -11,7 +12,13 @@ from artifact.cli import main
 from artifact.config.profiles import load_profile
 from artifact.profiling.nsys import KernelRow, compare, summarize
 from artifact.report.build import make_figures
-from artifact.report.figures import PERF, imbalance_figure
+from artifact.report.figures import (
+    PERF,
+    imbalance_figure,
+    launch_values,
+    median_ci,
+    sweep_figure,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,8 @@ def test_every_figure_and_the_report(plotted):
     # Experiment 2 is disabled in the local profile: the report says why.
     assert "**SKIP**: EPLB rearranges experts" in md
     # The sweep caption names the fixed setting and the repetitions.
-    assert "at max-num-batched-tokens = 512" in md and "means of 3 repetitions" in md
+    assert "at max-num-batched-tokens = 512" in md and "medians of 3 repetitions" in md
+    assert "repetitions per unit: config_sweep 1 server launch x 3 runs; imbalance" in md
     # The claims table is in the report, with its verdicts.
     assert "4 PASS, 2 SKIP, 1 XFAIL" in md and "| `exp1.ttft_falls` |" in md
     for section in ("## Profile", "## Provenance", "## Findings", "## Claims"):
@@ -71,6 +79,56 @@ def test_iqr_filter_is_reported(plotted, tmp_path):
     )
     assert fig is not None and fig.path.exists()
     assert "after the study's 1.5 x IQR filter" in fig.caption
+    # the caption names the line style _scatter_fit drew each mode's trend in
+    assert "(eager solid, grouped_mm dashed)" in fig.caption
+
+
+def test_median_intervals_stay_inside_the_values():
+    """A skewed positive sample: a mean +- t interval would reach below zero, the bootstrap
+    interval of the median stays inside the values."""
+    values = [0.5, 1.0, 40.0]
+    median, low, high = median_ci(values)
+    assert median == 1.0 and 0.5 <= low <= median <= high <= 40.0
+
+
+def sweep_runs(ranks: int) -> pd.DataFrame:
+    """Two modes, two sweep points, 2 launches x 2 runs each; `ranks` DP ranks for b."""
+    rows = []
+    for mode, dp in (("a", 1), ("b", ranks)):
+        for seqs in (4, 8):
+            for rep in range(4):
+                tpot = seqs * (1 + rep % 2 / 10) + (5 if rep >= 2 else 0)
+                rows.append(
+                    {
+                        "run": f"config_sweep/{mode}/{seqs}_512/rep{rep:02d}",
+                        "experiment": "config_sweep",
+                        "mode": mode,
+                        "launch": rep // 2,
+                        "max_num_seqs": seqs,
+                        "max_num_batched_tokens": 512,
+                        "data_parallel_size": dp,
+                        "mean_ttft_ms": 10.0,
+                        "mean_tpot_ms": tpot,
+                        "output_throughput": 100.0 / tpot,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_sweep_figure_uses_launch_medians_and_total_concurrency(tmp_path):
+    # per launch: the median of its 2 runs
+    one = sweep_runs(1)
+    picked = one[(one["mode"] == "a") & (one["max_num_seqs"] == 4)]
+    assert launch_values(picked, "mean_tpot_ms") == [4.2, 9.2]
+    args = {"knob": "max_num_seqs", "fixed_knob": "max_num_batched_tokens", "fixed_value": 512}
+    fig = sweep_figure(one, **args, modes=["a", "b"], out=tmp_path, number="1")
+    assert fig is not None
+    assert "medians of 2 server launches" in fig.caption
+    assert "total concurrency" not in fig.caption
+    # with 4 DP ranks, b admits 4 x max-num-seqs sequences: the axis says so
+    fig = sweep_figure(sweep_runs(4), **args, modes=["a", "b"], out=tmp_path, number="1")
+    assert fig is not None
+    assert "vs total concurrency (max-num-seqs x DP ranks)" in fig.caption
 
 
 def kernels(scale: float) -> list[KernelRow]:
@@ -99,3 +157,29 @@ def test_eplb_table_and_figure(tmp_path):
         "Experiment 1": "no config-sweep runs in this run directory",
         "Experiment 3": "no imbalance-experiment runs in this run directory",
     }
+
+
+def test_findings_list_every_claim_that_fails_with_its_meaning():
+    from artifact.checker.evaluate import ClaimResult
+    from artifact.report.build import claim_findings
+
+    claims = [
+        ClaimResult("ok", "Holds.", "s", "PASS"),
+        ClaimResult("runs", "All runs.", "s", "FAIL", kind="completeness", observed="3"),
+        ClaimResult("faster", "A is faster.", "s", "FAIL", observed="p=0.3", reason="no"),
+        ClaimResult("skip", "Not judged.", "s", "SKIP"),
+    ]
+    lines = claim_findings(claims)
+    assert len(lines) == 2
+    assert lines[0].startswith("**FAIL** `runs` (completeness): All runs; the run is not whole")
+    assert "**FAIL** `faster` (result): A is faster; the run does not show this result" in lines[1]
+    assert "Observed p=0.3; no" in lines[1]
+
+
+def test_the_profile_section_says_how_a_unit_is_repeated():
+    from artifact.report.build import repetitions
+
+    assert repetitions(load_profile("gpu")) == (
+        "config_sweep 3 server launches x 1 run; imbalance 3 server launches x 1 run "
+        "(modes interleaved, launch by launch; the claims test over launches)"
+    )

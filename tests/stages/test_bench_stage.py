@@ -128,3 +128,70 @@ def test_replay_mismatch_counts_moved_assignments():
     moved = np.array([[3, 3, 0, 2], [2, 2, 2, 2]])  # one assignment went from expert 0 to 1
     assert replay_mismatch(expected, moved) == 1 / 16
     assert replay_mismatch(expected, expected[:1]) == 1.0  # another layer count: all differ
+
+
+def test_launches_interleave_modes_and_resume_per_launch(
+    write_profile, local_profile_raw, tmp_path, monkeypatch
+):
+    """Two modes, one sweep point, two launches of one run each: the modes take turns
+    (ABAB), a launch killed midway is redone alone, and every run records its launch."""
+    monkeypatch.setenv("MOE_ARTIFACT_CACHE", str(tmp_path / "cache"))
+    sweep = tiny_sweep()
+    sweep.update(modes=["eager", "grouped_mm"], max_num_seqs=[2])
+    sweep["bench"] = dict(sweep["bench"], repeat=1, launches=2)
+    profile = load_profile(
+        write_profile(
+            {
+                "model": dict(local_profile_raw["model"], architecture=TINY, max_model_len=512),
+                "experiments": {
+                    "config_sweep": sweep,
+                    "eplb_ablation": local_profile_raw["experiments"]["eplb_ablation"],
+                },
+                "modes": {m: local_profile_raw["modes"][m] for m in sweep["modes"]},
+                "datasets": {"seed": 3, "count": 4, "prompts_per_dataset": 4},
+            }
+        )
+    )
+    order = []
+    original = Server.start_routing
+
+    def spy(self, path, meta=None):
+        original(self, path, meta)
+        order.append((meta["unit"].split("/")[1], meta["launch"], meta["repetition"]))
+        if len(order) == 4 and kill:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    kill = True
+    monkeypatch.setattr(Server, "start_routing", spy)
+    with pytest.raises(StageFailed, match="server died during config_sweep/grouped_mm/2_128"):
+        run_pipeline(profile, tmp_path)
+    assert order == [("eager", 0, 0), ("grouped_mm", 0, 0), ("eager", 1, 1), ("grouped_mm", 1, 1)]
+    units = tmp_path / "bench" / "config_sweep"
+    assert (units / "eager" / "2_128" / "unit.json").exists()
+    grouped = units / "grouped_mm" / "2_128"
+    assert not (grouped / "unit.json").exists()
+    partial = json.loads((grouped / "unit.partial.json").read_text())
+    assert [r["launch"] for r in partial["runs"]] == [0]
+
+    kill, order[:] = False, []
+    ctx = StageContext(profile=profile, run_dir=RunDir(tmp_path))
+    assert run_stage(load_stage("bench"), ctx) == "complete"
+    assert order == [("grouped_mm", 1, 1)]  # only the killed launch ran again
+    assert not (grouped / "unit.partial.json").exists()
+    for mode in ("eager", "grouped_mm"):
+        unit = json.loads((units / mode / "2_128" / "unit.json").read_text())
+        assert [(r["launch"], r["repetition"]) for r in unit["runs"]] == [(0, 0), (1, 1)]
+        assert [r["result"] for r in unit["runs"]] == ["run.rep00.json", "run.rep01.json"]
+        # each launch is a server of its own, with its own log and provenance
+        assert (units / mode / "2_128" / "provenance.json").exists()
+        assert (units / mode / "2_128" / "provenance.launch01.json").exists()
+        assert (units / mode / "2_128" / "server.launch01.log").exists()
+    run_stage(load_stage("imbalance"), ctx)
+    runs = json.loads((tmp_path / "imbalance" / "runs.json").read_text())
+    assert {(r["data_parallel_size"], r["effective_concurrency"]) for r in runs} == {(1, 2)}
+    assert sorted((r["mode"], r["launch"]) for r in runs) == [
+        ("eager", 0),
+        ("eager", 1),
+        ("grouped_mm", 0),
+        ("grouped_mm", 1),
+    ]

@@ -23,12 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_perlmutter_plan_counts_every_server_run_and_pass():
     plans = {p.experiment: p for p in plan(load_profile("perlmutter"))}
     sweep, ablation, imbalance = plans["config_sweep"], plans["eplb_ablation"], plans["imbalance"]
-    # the cross of 4 x 4 through (32, 8192): 7 points per mode, 3 repetitions
-    assert (sweep.serve_starts, sweep.timed_servers, sweep.measured_runs) == (2, 14, 42)
-    assert (ablation.timed_servers, ablation.measured_runs, ablation.profiled_passes) == (2, 6, 2)
-    # modes served by the sweep are not served again; one server per mode for 50 datasets
-    assert (imbalance.serve_starts, imbalance.timed_servers, imbalance.measured_runs) == (0, 2, 300)
-    assert ablation.server_starts == 6
+    # the cross of 4 x 4 through (32, 8192): 7 points per mode, 3 launches of one run each
+    assert (sweep.serve_starts, sweep.timed_servers, sweep.measured_runs) == (2, 42, 42)
+    assert (ablation.timed_servers, ablation.measured_runs, ablation.profiled_passes) == (6, 6, 2)
+    # modes served by the sweep are not served again; one server per mode and launch for 50
+    # datasets
+    assert (imbalance.serve_starts, imbalance.timed_servers, imbalance.measured_runs) == (0, 6, 300)
+    assert ablation.server_starts == 10
 
 
 def test_the_estimate_is_the_studys_durations_summed(tmp_path):
@@ -37,13 +38,14 @@ def test_the_estimate_is_the_studys_durations_summed(tmp_path):
     raw["experiments"]["imbalance"]["enabled"] = False
     ablation = raw["experiments"]["eplb_ablation"]
     ablation.update(prompts=100, nsys=False)
-    ablation["bench"].update(repeat=2, warmup_requests=0)
+    ablation["bench"].update(repeat=2, warmup_requests=0, launches=2)
     path = tmp_path / "perlmutter.yaml"
     path.write_text(yaml.safe_dump(raw))
     (only,) = plan(load_profile(path))
     ep, start = SWEEP_RUN_S["expert_parallel"], START_UP_S["expert_parallel"]
-    # 2 serve starts + 2 timed servers, each 2 runs of 100 prompts (2x a 50-prompt sweep run)
-    assert only.seconds == pytest.approx(4 * start + 2 * 2 * (2 * ep))
+    # 2 serve starts + 2 modes x 2 launches, each a start and 2 runs of 100 prompts (2x a
+    # 50-prompt sweep run)
+    assert only.seconds == pytest.approx(2 * start + 2 * 2 * (start + 2 * (2 * ep)))
 
 
 def test_plan_cli_prints_json_and_refuses_a_profile_without_vllm():
