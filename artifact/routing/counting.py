@@ -8,10 +8,18 @@ prompt mask, which also gives the token counts). When the pass ends, `rows` coun
 layer at once on the ids' device (one concatenation, one `index_add_` into an int64
 [layers x phases x experts] accumulator) and copies the accumulator to the host: a fixed
 handful of operations and one host copy per pass, whatever the number of layers.
+
+On a CUDA device that copy does not wait either: `count` launches it into pinned host memory
+behind a CUDA event and returns, so the host goes on queueing the rest of the step (the LM
+head, sampling) while the layers still run; `PendingSteps` writes each pass's rows, in order,
+once its copy has landed (a later pass's end, or `drain` when the capture stops). Elsewhere
+(CPU, or `meta` in the tests) the copy is immediate and the rows are ready at once.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -60,10 +68,15 @@ class PassCounts:
         return self._mask
 
     def rows(self, step: int) -> list[tuple[int, int, int, int, np.ndarray]]:
-        """(step, layer, phase, num_tokens, counts) per (layer, phase) with tokens, in that
-        order: the pass's counting on the device and its one copy to the host."""
-        if not self.tokens:
-            return []
+        """`count(step)`'s rows, waiting for them."""
+        return self.count(step).rows()
+
+    def count(self, step: int) -> CountedPass:
+        """The pass's counting on the device and its one copy to the host, launched; the
+        rows come from the returned pass (on a CUDA device, once its copy has landed)."""
+        tokens = sorted(self.tokens.items())
+        if not tokens:
+            return CountedPass(step, tokens, None, None)
         import torch
 
         E = self.num_experts
@@ -81,9 +94,56 @@ class PassCounts:
         index = (ids + offsets).reshape(-1)
         acc = torch.zeros(self.num_layers * len(PHASES) * E, dtype=torch.int64, device=ids.device)
         acc.index_add_(0, index, torch.ones_like(index))
-        counts = acc.to("cpu").numpy().reshape(self.num_layers, len(PHASES), E)
         self._ids, self._calls = [], []
+        shape = (self.num_layers, len(PHASES), E)
+        if acc.device.type != "cuda":
+            return CountedPass(step, tokens, acc.to("cpu").numpy().reshape(shape), None)
+        host = torch.empty(acc.shape, dtype=acc.dtype, pin_memory=True)
+        host.copy_(acc, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        return CountedPass(step, tokens, host.numpy().reshape(shape), landed)
+
+
+class CountedPass:
+    """One pass's counts on their way to the host: `ready()` without waiting, `rows()`."""
+
+    def __init__(self, step: int, tokens: list, counts: np.ndarray | None, landed: Any):
+        self.step = step
+        self.tokens = tokens  # [((layer, phase), num_tokens)], host-side, known at once
+        self._counts = counts  # [layers, phases, experts]; valid once `landed` has passed
+        self._landed = landed  # a CUDA event after the copy, or None (already on the host)
+
+    def ready(self) -> bool:
+        return self._landed is None or bool(self._landed.query())
+
+    def rows(self) -> list[tuple[int, int, int, int, np.ndarray]]:
+        """(step, layer, phase, num_tokens, counts) per (layer, phase) with tokens."""
+        if self._landed is not None:
+            self._landed.synchronize()
+            self._landed = None
+        counts = self._counts
         return [
-            (step, layer, phase, n, counts[layer, phase])
-            for (layer, phase), n in sorted(self.tokens.items())
+            (self.step, layer, phase, n, counts[layer, phase])  # type: ignore[index]
+            for (layer, phase), n in self.tokens
         ]
+
+
+class PendingSteps:
+    """Counted passes not yet written, oldest first: rows leave in step order."""
+
+    def __init__(self) -> None:
+        self._passes: deque[CountedPass] = deque()
+
+    def push(self, counted: CountedPass) -> None:
+        self._passes.append(counted)
+
+    def ready(self) -> Iterator[list[tuple[int, int, int, int, np.ndarray]]]:
+        """The rows of every leading pass whose copy has landed (no wait)."""
+        while self._passes and self._passes[0].ready():
+            yield self._passes.popleft().rows()
+
+    def drain(self) -> Iterator[list[tuple[int, int, int, int, np.ndarray]]]:
+        """The rows of every pass, waiting for the copies still under way."""
+        while self._passes:
+            yield self._passes.popleft().rows()

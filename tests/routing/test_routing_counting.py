@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from meta_device import HostCopies  # noqa: E402
 
-from artifact.routing.counting import PassCounts  # noqa: E402
+from artifact.routing.counting import CountedPass, PassCounts, PendingSteps  # noqa: E402
 from artifact.routing.format import PHASE_CODE  # noqa: E402
 
 E, K, LAYERS = 8, 2, 4
@@ -89,3 +89,40 @@ def test_counting_on_a_device_never_waits_for_it_and_copies_once_per_pass():
     ]
     with pytest.raises(NotImplementedError):  # what the former way did on a device
         torch.bincount(torch.empty(10, dtype=torch.int64, device="meta"))
+
+
+class CopyUnderWay:
+    """Stands for the CUDA event `count` records after its copy to the host (no GPU here)."""
+
+    def __init__(self) -> None:
+        self.landed = False
+        self.waited = 0
+
+    def query(self) -> bool:
+        return self.landed
+
+    def synchronize(self) -> None:
+        self.waited += 1
+        self.landed = True
+
+
+def counted(step: int, event: CopyUnderWay | None) -> CountedPass:
+    counts = np.full((LAYERS, 3, E), step)
+    return CountedPass(step, [((0, PHASE_CODE["decode"]), 4)], counts, event)
+
+
+def test_pending_steps_leave_in_step_order_and_only_once_their_copy_has_landed():
+    first, second = CopyUnderWay(), CopyUnderWay()
+    pending = PendingSteps()
+    for step, event in enumerate([first, None, second]):
+        pending.push(counted(step, event))
+    assert list(pending.ready()) == []  # step 1 is on the host, but step 0 is not yet
+    first.landed = True
+    written = [rows[0][0] for rows in pending.ready()]
+    assert written == [0, 1] and second.waited == 0  # nothing waited on step 2
+    (rows,) = list(pending.drain())  # the capture stops: waits for the last copy
+    assert second.waited == 1
+    step, layer, phase, n, counts = rows[0]
+    assert (step, layer, phase, n) == (2, 0, PHASE_CODE["decode"], 4)
+    assert counts.tolist() == [2] * E
+    assert list(pending.drain()) == []

@@ -3,8 +3,8 @@
 Per forward pass the recorder writes, for each MoE layer, the number of tokens and the
 per-expert counts of the top-k choice into a moe-routing log (artifact.routing.format), split by
 phase: prompt tokens (prefill) and generated tokens fed back (decode). A router's hook only
-keeps its ids; the pass's end counts them on the device and copies the counts to the host once
-(artifact.routing.counting): no host sync per layer.
+keeps its ids; the pass's end counts them on the device and copies the counts to the host once,
+without waiting for the device (artifact.routing.counting): no host sync per layer or per pass.
 
 How prompt and generated tokens are told apart under continuous batching: transformers'
 `ContinuousBatchingIOs.prepare_batch_tensors` lays the pass out request by request; for each
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from artifact.routing.counting import PassCounts
+from artifact.routing.counting import PassCounts, PendingSteps
 from artifact.routing.format import PHASES, RoutingHeader, RoutingWriter
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ class RoutingRecorder:
         self._lock = threading.Lock()
         self._writer: RoutingWriter | None = None
         self._counts: PassCounts | None = None
+        self._unwritten = PendingSteps()  # counted passes whose copy to the host may be under way
         self._routed = False  # a router ran in this pass
         self._all_prompt = np.ones(0, dtype=bool)  # offline replay's mask, reused across layers
         self._layout: PassLayout | None = None
@@ -143,8 +144,7 @@ class RoutingRecorder:
             meta={**self.meta, **(meta or {})},
         )
         with self._lock:
-            if self._writer is not None:
-                self._writer.close()
+            self._close_writer()
             self._writer = RoutingWriter(path, header)
             self.step = 0
             self.skipped_passes = 0
@@ -152,10 +152,16 @@ class RoutingRecorder:
 
     def stop(self) -> dict:
         with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self._close_writer()
             return self.stats()
+
+    def _close_writer(self) -> None:
+        """Writes the passes still on their way to the host, then closes the log."""
+        if self._writer is not None:
+            for rows in self._unwritten.drain():
+                self._writer.write_step(rows)
+            self._writer.close()
+            self._writer = None
 
     def stats(self) -> dict:
         return {
@@ -198,9 +204,11 @@ class RoutingRecorder:
             if self._layout is None and not self.prefill_only:
                 self.skipped_passes += 1  # warm-up pass of the engine, not a request
                 return
-            rows = counts.rows(self.step)
-            for _, layer, phase, ntok, _ in rows:
+            counted = counts.count(self.step)
+            for (layer, phase), ntok in counted.tokens:
                 if layer == 0:
                     self.tokens_recorded[PHASES[phase]] += ntok
-            self._writer.write_step(rows)
+            self._unwritten.push(counted)
+            for rows in self._unwritten.ready():
+                self._writer.write_step(rows)
             self.step += 1

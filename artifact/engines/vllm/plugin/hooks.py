@@ -40,7 +40,7 @@ import numpy as np
 
 from artifact.core.io import resolve_within
 from artifact.engines.vllm.plugin import CONTROL_ENV, logger
-from artifact.routing.counting import PassCounts
+from artifact.routing.counting import PassCounts, PendingSteps
 from artifact.routing.format import PHASES, RoutingHeader, RoutingWriter
 
 POLL_S = 0.2
@@ -60,6 +60,7 @@ class Recorder:
         self.local = threading.local()
         self.writer: RoutingWriter | None = None
         self.writer_path: Path | None = None
+        self.unwritten = PendingSteps()  # counted steps whose copy to the host may be under way
         self.layers: list[tuple[str, Any]] | None = None  # (name, module) in model order
         self.layer_index: dict[str, int] = {}
         self.runner: Any = None
@@ -231,6 +232,8 @@ class Recorder:
         writer, path = self.writer, self.writer_path
         if writer is None or path is None:
             return
+        for rows in self.unwritten.drain():
+            writer.write_step(rows)
         writer.close()
         stats = {
             "rank": self.dp_rank,
@@ -285,13 +288,16 @@ class Recorder:
                 return  # the capture stopped (or restarted) during this step
             if local.dummy:
                 self.dummy_steps += 1
-            rows = counts.rows(self.step)  # the step's counting and its one copy to the host
-            if rows:
-                for _, layer, phase, ntok, _ in rows:
+            # the step's counting and its one copy to the host, launched without waiting
+            counted = counts.count(self.step)
+            if counted.tokens:
+                for (layer, phase), ntok in counted.tokens:
                     if layer == 0:
                         self.tokens[PHASES[phase]] += ntok
+                self.unwritten.push(counted)
+                self.steps_written += 1  # written once its copy lands, at the latest on close
+            for rows in self.unwritten.ready():
                 writer.write_step(rows)
-                self.steps_written += 1
             self.step += 1
 
     # --- layers -----------------------------------------------------------------------------
