@@ -1,21 +1,21 @@
 """The routing capture's cost in timed runs: capture on vs off, interleaved, on one server.
 
     python benchmarks/capture_cost.py --profile gpu [--rounds 5] [--mode grouped_mm]
-        [--run-dir DIR] [--model-dir DIR] [--out FILE]
+        [--output-len N] [--run-dir DIR] [--model-dir DIR] [--out FILE]
 
 The profile's engine (the embedded transformers engine for `local` and `gpu`) serves the
 profile's seeded model at the config sweep's fixed limits: the install stage builds it from the
 seed on the profile's device, or reuses its cache (no download), unless --model-dir names a
 model folder. The datasets stage writes the sweep prompts (reused when up to date). One server
 runs everything: a warm-up round of each arm (not counted), then --rounds rounds of the same
-prompts with the sweep's client settings, capture on (start_routing ... stop_routing around the
-run, the log in the server's folder, its totals checked as the bench stage checks them) and
-off, in A/B then B/A order alternately. Per metric it prints the median of each arm, on / off
-and each arm's run-to-run spread ((max - min) / median); a ratio outside 1 +/- the larger
-spread is beyond noise, marked `*`. Then on / off within each round (its two runs are next to
-each other in time, so a slow drift of the machine's load cancels): median, min and max. Writes
-the figures to --out (JSON) and each run's result file beside it. The target is a capture cost
-under 2% of TPOT.
+prompts with the sweep's client settings (--output-len: longer runs, less noise a run), capture
+on (start_routing ... stop_routing around the run, the log in the server's folder, its totals
+checked as the bench stage checks them) and off, in A/B then B/A order alternately. Per metric
+it prints the median of each arm, on / off and each arm's run-to-run spread ((max - min) /
+median); a ratio outside 1 +/- the larger spread is beyond noise, marked `*`. Then on / off
+within each round (its two runs are next to each other in time, so a slow drift of the machine's
+load cancels): median, min and max. Writes the figures to --out (JSON) and each run's result
+file beside it. The target is a capture cost under 2% of TPOT.
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def measure(args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     started = time.monotonic()
     with engine.start(mode, limits, out / "server.log") as server:
-        config = bench_config(server.base_url, server.model_id, sweep.bench)
+        client = sweep.bench
+        if args.output_len is not None:
+            client = client.model_copy(update={"output_len": args.output_len})
+        config = bench_config(server.base_url, server.model_id, client)
         top_k = int(server.provenance()["top_k"])
 
         async def probe() -> ServerCapabilities:
@@ -143,7 +146,7 @@ def measure(args: argparse.Namespace) -> dict:
     header = (
         f"routing capture cost: {profile.name} profile, {provenance.get('engine')} engine, "
         f"mode {mode} on {profile.engine.device}, max-num-seqs {limits.max_num_seqs}, "
-        f"{len(prompts)} prompts x {sweep.bench.output_len} output tokens, {args.rounds} "
+        f"{len(prompts)} prompts x {client.output_len} output tokens, {args.rounds} "
         f"interleaved rounds; {os.cpu_count()} CPUs, load average "
         + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
@@ -155,12 +158,17 @@ def main() -> int:
     parser.add_argument("--profile", default="local")
     parser.add_argument("--mode", help="the profile's mode to serve (default: the sweep's last)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--output-len", type=int, help="output tokens a request (default: the sweep's)"
+    )
     parser.add_argument("--run-dir", type=Path, help="default: runs/capture-cost-<profile>")
     parser.add_argument("--model-dir", type=Path, help="serve this model folder (no install)")
     parser.add_argument("--out", type=Path, help="default: <run-dir>/capture_cost/figures.json")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.output_len is not None and args.output_len < 1:
+        parser.error("--output-len must be at least 1")
     args.run_dir = args.run_dir or ROOT / "runs" / f"capture-cost-{args.profile}"
     args.out = args.out or args.run_dir / "capture_cost" / "figures.json"
     try:
