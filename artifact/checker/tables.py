@@ -11,7 +11,10 @@ once, lazily, from the JSON copies: they keep what CSV cannot, an int column wit
   mode and limits, and the study's column names where they apply (`engine_version`,
   `flashinfer_moe_used`);
 - eplb, eplb_runs: `imbalance/eplb.json` (`{runs: [...], comparison: [...]}`,
-  artifact.profiling.nsys summaries and their comparison);
+  artifact.profiling.nsys eplb_table): eplb_runs one row per arm and profiled pass, its
+  summary flattened (`label`: the mode, `launch`, `fused_moe.total_ms`, ...); eplb one row
+  per metric, the arms' medians (`a`, `b`, `n_a`, `n_b`), `change_pct` and its bootstrap
+  interval (`change_low`, `change_high`);
 - log_flags: `imbalance/log_flags.json` (a study run directory: flags across its server logs
   and workload cards).
 

@@ -231,7 +231,7 @@ class EplbAblation(Strict):
     max_num_batched_tokens: Count = 8192
     # Prompts of datasets/eplb_prompts.jsonl (drawn like the sweep's, another seed stream).
     prompts: int = Field(50, ge=1)
-    # One profiled pass per mode (its own server under `nsys profile`) after the timed runs.
+    # One profiled pass per mode and launch (its own server under nsys) after the timed runs.
     nsys: bool = False
     bench: BenchSpec = Field(default_factory=BenchSpec)
 

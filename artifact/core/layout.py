@@ -10,6 +10,8 @@ bench/<experiment>/<mode>/...      a unit folder (UnitDir) per unit; imbalance u
                                    their mode's server folder, one level up; with several
                                    launches, launch k >= 1's server files are named
                                    server.launchNN.log, provenance.launchNN.json
+bench/<unit>/profile/              its profiled passes under nsys, pass k >= 1's files named
+                                   server.launchNN.nsys-rep, profile.launchNN.json
 bench/replay/                      offline replays of the prompt sets
 imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
 plots/figures.json, report.md, report.html
@@ -81,8 +83,9 @@ class UnitDir:
 
     @property
     def profile_marker(self) -> Path:
-        """`profile.json`: a profiled pass is finished when it exists."""
-        return self.path / "profile.json"
+        """`profile.json`: a profiled pass is finished when it exists (pass k >= 1 of the
+        EPLB ablation's: `profile.launchNN.json`)."""
+        return self._server_file("profile.json")
 
     @property
     def provenance(self) -> Path:
@@ -104,7 +107,7 @@ class UnitDir:
 
     @property
     def nsys_report(self) -> Path:
-        return self.path / "server.nsys-rep"
+        return self._server_file("server.nsys-rep")
 
     @property
     def profile(self) -> UnitDir:

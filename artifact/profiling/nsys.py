@@ -25,7 +25,9 @@ the first blank line. Kernels are grouped by name:
 Percentages are recomputed from the totals; the file's own Time column is rounded to 0.1%.
 
 `export_kernel_summary` runs `nsys stats` on a report (the newer report name first, then the
-older); `eplb_table` is the EPLB off/on table of both the study's CSVs and our own reports.
+older); `eplb_table` is the EPLB off/on table of both the study's CSVs (one pass an arm) and
+our own reports (one pass per arm and launch): a row per pass, the change of medians with its
+bootstrap interval.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.io import read_text
@@ -348,18 +352,44 @@ def _get(summary: dict, key: str):
     return value
 
 
-def compare(a: dict, b: dict) -> list[dict]:
-    """Rows (metric, label, unit, a, b, change_pct, better, verdict) for b relative to a.
+def change_interval(
+    a: list[float], b: list[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the change of medians, 100 (median(b) - median(a)) /
+    median(a) in %, each side resampled on its own; None with fewer than 2 values a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    medians = [
+        np.median(np.asarray(v, dtype=np.float64)[rng.integers(0, len(v), (n_boot, len(v)))], 1)
+        for v in (a, b)
+    ]
+    base = medians[0]
+    changes = 100 * (medians[1][base != 0] - base[base != 0]) / base[base != 0]
+    if not changes.size:
+        return None
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(changes, [tail, 100 - tail])
+    return float(low), float(high)
 
-    verdict: improved / worse / unchanged by the metric's direction, None when neither
-    direction is better; metrics missing from both runs are left out.
+
+def compare(a: list[dict], b: list[dict]) -> list[dict]:
+    """Rows (metric, label, unit, a, b, n_a, n_b, change_pct, change_low, change_high, better,
+    verdict) for side b relative to side a, each side one or more summaries (passes).
+
+    a, b: the median of the side's passes; change_pct: of b's median relative to a's, with
+    its 95% bootstrap interval (change_interval: None with one pass a side). verdict: improved /
+    worse / unchanged by the metric's direction, None when neither direction is better;
+    metrics missing from both sides are left out.
     """
     out = []
     for key, label, unit, better in COMPARED:
-        va, vb = _get(a, key), _get(b, key)
-        if va is None and vb is None:
+        values = [[v for s in side if (v := _get(s, key)) is not None] for side in (a, b)]
+        if not any(values):
             continue
+        va, vb = (float(np.median(v)) if v else None for v in values)
         change = 100 * (vb - va) / va if va and vb is not None else None
+        interval = change_interval(values[0], values[1]) if change is not None else None
         verdict = None
         if better and va is not None and vb is not None:
             verdict = "unchanged" if vb == va else "improved" if vb < va else "worse"
@@ -370,7 +400,11 @@ def compare(a: dict, b: dict) -> list[dict]:
                 "unit": unit,
                 "a": va,
                 "b": vb,
+                "n_a": len(values[0]),
+                "n_b": len(values[1]),
                 "change_pct": change,
+                "change_low": interval[0] if interval else None,
+                "change_high": interval[1] if interval else None,
                 "better": better,
                 "verdict": verdict,
             }
@@ -378,21 +412,26 @@ def compare(a: dict, b: dict) -> list[dict]:
     return out
 
 
-def eplb_table(summaries: list[tuple[Path, str]], root: Path | None = None) -> dict:
-    """{runs, comparison} of two kernel summary CSVs [(path, label)], EPLB off first.
+def eplb_table(passes: list[tuple[Path, str, int]], root: Path | None = None) -> dict:
+    """{runs, comparison} of the EPLB ablation's kernel summary CSVs [(path, label, launch)],
+    EPLB off's label first: one run per arm and pass.
 
     Each run is a `summarize` summary (source: the path relative to `root`, else its name)
-    with the FlashInfer kernels it ran; the comparison is the second relative to the first."""
+    with its launch and the FlashInfer kernels it ran; the comparison is the second label's
+    passes relative to the first's (`compare`: change of medians, bootstrap interval)."""
     runs = []
-    for path, label in summaries:
+    for path, label, launch in passes:
         kernels = read_kernel_summary(path)
         source = path.relative_to(root).as_posix() if root else path.name
         summary = summarize(kernels, label=label, source=source)
+        summary["launch"] = launch
         flashinfer = [k for k in kernels if "flashinfer" in k.name.lower()]
         summary["flashinfer_kernel_instances"] = sum(k.instances for k in flashinfer)
         summary["flashinfer_kernels"] = sorted(k.name for k in flashinfer)
         runs.append(summary)
-    return {"runs": runs, "comparison": compare(runs[0], runs[1])}
+    off, on = dict.fromkeys(r["label"] for r in runs)
+    sides = [[r for r in runs if r["label"] == label] for label in (off, on)]
+    return {"runs": runs, "comparison": compare(*sides)}
 
 
 # `nsys stats` report names of the CUDA GPU kernel summary: newer nsys, then older.
@@ -439,10 +478,10 @@ def runner(report: Path, folders: tuple[Path, ...] = ()) -> list[str]:
     """What runs `nsys stats` on `report`: the image whose nsys wrote it, per the launch record
     that starts the server log beside it (the same launcher; the report's folder and `folders`
     bound at their paths), or the host's nsys for a bare server."""
-    from artifact.core.layout import UnitDir
+    from artifact.core.layout import UnitDir, launch_of
     from artifact.engines.vllm.engine import LAUNCH_PREFIX
 
-    log = UnitDir(report.parent).server_log
+    log = UnitDir(report.parent, launch_of(report)).server_log
     launch: dict = {}
     if log.is_file():
         with open(log, encoding="utf-8", errors="replace") as fh:
@@ -548,7 +587,7 @@ def run_tool(args: argparse.Namespace) -> int:
         summarize(read_kernel_summary(p), label=lab, source=str(p), top=args.top)
         for p, lab in zip(args.files, labels, strict=True)
     ]
-    comparison = compare(*runs) if len(runs) == 2 else []
+    comparison = compare(runs[:1], runs[1:]) if len(runs) == 2 else []
     if args.json:
         payload = {"runs": runs, "comparison": comparison}
         print(json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False))

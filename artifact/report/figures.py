@@ -324,7 +324,15 @@ def eplb_rows(comparison: pd.DataFrame) -> pd.DataFrame:
     return by_metric.loc[keys].assign(label=[dict(EPLB_ROWS)[k] for k in keys])
 
 
+def _interval(row: dict) -> tuple[float, float] | None:
+    """The change's bootstrap interval (several profiled passes a side), else None."""
+    low, high = row.get("change_low"), row.get("change_high")
+    return None if low is None or high is None or math.isnan(low) else (low, high)
+
+
 def eplb_markdown(comparison: pd.DataFrame, labels: tuple[str, str]) -> str:
+    records = eplb_rows(comparison).to_dict("records")
+    intervals = [_interval(r) for r in records]
     rows = [
         (
             r["label"],
@@ -332,9 +340,13 @@ def eplb_markdown(comparison: pd.DataFrame, labels: tuple[str, str]) -> str:
             f"{r['b']:,.2f}",
             "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
         )
-        for r in eplb_rows(comparison).to_dict("records")
+        + ((f"[{ci[0]:+.1f}, {ci[1]:+.1f}]%" if ci else "n/a",) if any(intervals) else ())
+        for r, ci in zip(records, intervals, strict=True)
     ]
-    return markdown_table(rows, ("kernel metric", *labels, "change"), align="lrrr")
+    header: tuple[str, ...] = ("kernel metric", *labels, "change")
+    if any(intervals):  # medians of the passes, the change's bootstrap interval
+        header = ("kernel metric", *(f"{label}, median" for label in labels), "change", "95% CI")
+    return markdown_table(rows, header, align="lrrr" + "r" * any(intervals))
 
 
 def _num(v: float) -> str:
@@ -352,19 +364,26 @@ def eplb_figure(
     y = np.arange(len(rows))[::-1]
     changes = [r["change_pct"] for r in rows]
     colors = ["#d62728" if c > 0 else "#2ca02c" for c in changes]
-    ax.barh(y, changes, color=colors, alpha=0.8)
+    intervals = [_interval(r) for r in rows]
+    bounds = [ci for ci in intervals if ci]
+    xerr = None
+    if len(bounds) == len(rows):
+        xerr = np.array([[c - lo, hi - c] for c, (lo, hi) in zip(changes, bounds, strict=True)])
+    ax.barh(y, changes, color=colors, alpha=0.8, xerr=None if xerr is None else xerr.T)
     ax.set_yticks(y)
     ax.set_yticklabels([r["label"] for r in rows])
     ax.axvline(0, color="black", lw=1)
-    span = max(abs(c) for c in changes)
-    for yi, r in zip(y, rows, strict=True):
+    span = max(abs(v) for v in [*changes, *(b for ci in bounds for b in ci)])
+    for yi, r, ci in zip(y, rows, intervals, strict=True):
         text = f"{_num(r['a'])} -> {_num(r['b'])} ({r['change_pct']:+.1f}%)"
+        up = r["change_pct"] >= 0
+        end = (max if up else min)([r["change_pct"], *(ci or ())])  # past the error bar
         ax.text(
-            r["change_pct"] + (0.02 * span if r["change_pct"] >= 0 else -0.02 * span),
+            end + (0.02 * span if up else -0.02 * span),
             yi,
             text,
             va="center",
-            ha="left" if r["change_pct"] >= 0 else "right",
+            ha="left" if up else "right",
             fontsize=9,
         )
     ax.set_xlim(-1.9 * span, 1.9 * span)
@@ -378,7 +397,14 @@ def eplb_figure(
         title="Experiment 2: EPLB off vs on, kernel summary",
         caption=f"Change of each kernel-time measure from {labels[0]} to {labels[1]} "
         "(nsys CUDA kernel summaries; red: more time, green: less), with both values. "
-        "One profiled run per side: no interval separates the change from run-to-run noise."
+        + (
+            f"Medians of {rows[0]['n_a']} and {rows[0]['n_b']} profiled passes (one per server "
+            "launch, the arms taking turns); error bars: 95% percentile-bootstrap intervals "
+            "of the change."
+            if xerr is not None
+            else "One profiled run per side: no interval separates the change from "
+            "run-to-run noise."
+        )
         + (f" {note}" if note else ""),
         path=path,
         section="Experiment 2",

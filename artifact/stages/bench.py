@@ -14,10 +14,13 @@ UNIT as the progress line and the folder under bench/ name it, e.g.
 - imbalance: one unit per (mode, dataset); one server per mode and launch, reused across
   the datasets;
 - profiled passes: where the ablation (`nsys: true`) or a mode asks for kernel traces, after
-  all timed units, one pass of each such unit's prompts on a server of its own under nsys,
+  all timed units, a pass of each such unit's prompts on a server of its own under nsys,
   collected only around the pass (`<unit>/profile/`: `server.nsys-rep`, `profile.rep00.json`,
-  marker `profile.json`). It is no measured run: no routing capture, not among the `unit.json`
-  runs, and the timed servers never run under nsys (profiling perturbs timing).
+  marker `profile.json`). The EPLB ablation's arms get one pass per launch (the bench spec's
+  `launches`, the arms taking turns), pass k's files named as launch k's
+  (`server.launchNN.nsys-rep`, `profile.repNN.json`, `profile.launchNN.json`), each resumable on
+  its own; a mode's other units, one pass. It is no measured run: no routing capture, not among
+  the `unit.json` runs, and the timed servers never run under nsys (profiling perturbs timing).
 
 Launches: a unit's measured runs come from the bench spec's `launches` independent server
 starts (`repeat` runs on each; run k of launch l is repetition l x repeat + k). An
@@ -102,10 +105,18 @@ class Unit:
         timed = layout.bench_unit(self.key)
         return timed.profile if self.profiled else timed
 
-    def marker(self, layout: RunLayout) -> Path:
-        """The file that says the unit is done (a profiled pass has no measured runs)."""
+    @property
+    def launches(self) -> int:
+        """Server launches: the bench spec's for a timed unit and for the EPLB ablation's
+        profiled passes (one pass per launch, the kernel tables' repetitions), else one."""
+        if self.profiled and self.experiment != "eplb_ablation":
+            return 1
+        return self.bench.launches
+
+    def marker(self, layout: RunLayout, launch: int = 0) -> Path:
+        """The file that says the unit (a profiled unit: its pass `launch`) is done."""
         folder = self.folder(layout)
-        return folder.profile_marker if self.profiled else folder.record
+        return folder.launch(launch).profile_marker if self.profiled else folder.record
 
     def identity(self) -> dict:
         """What a unit's marker file records about it."""
@@ -137,10 +148,21 @@ class Unit:
         present = all((folder.path / n).is_file() for r in runs for n in (r.result, r.routing))
         return runs if present else []
 
-    def unfinished(self, layout: RunLayout) -> str | None:
-        """Why the unit must (re)run, None when it is finished: its marker is readable and
-        every file the marker names exists."""
-        marker = self.marker(layout)
+    def finished_launches(self, layout: RunLayout) -> set[int]:
+        """The launches (profiled: passes) finished before an interruption."""
+        if self.profiled:
+            passes = range(self.launches)
+            return {k for k in passes if self.unfinished(layout, k) is None}
+        return {r.launch for r in self.finished_runs(layout)}
+
+    def unfinished(self, layout: RunLayout, launch: int | None = None) -> str | None:
+        """Why the unit (a profiled unit: its pass `launch`, else any pass) must (re)run, None
+        when it is finished: its marker is readable and every file the marker names exists."""
+        if launch is None and self.profiled:
+            whys = [why for k in range(self.launches) if (why := self.unfinished(layout, k))]
+            damaged = [why for why in whys if why not in ("not run", "unfinished")]
+            return next(iter(damaged + whys), None)  # a damaged pass sets the unit aside
+        marker = self.marker(layout, launch or 0)
         if not marker.exists():
             return "not run" if not marker.parent.exists() else "unfinished"
         try:
@@ -222,14 +244,17 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
 
 def schedule(units: list[Unit]) -> list[tuple[Unit, int]]:
     """(unit, launch) in the order they run: per experiment, round l runs the l-th launch of
-    each of its units (in plan order); the profiled passes last."""
+    each of its units (in plan order); the profiled passes last, in rounds as well."""
     timed = [u for u in units if not u.profiled]
     order: list[tuple[Unit, int]] = []
     for experiment in dict.fromkeys(u.experiment for u in timed):
         mine = [u for u in timed if u.experiment == experiment]
         for launch in range(max(u.bench.launches for u in mine)):
             order += [(u, launch) for u in mine if launch < u.bench.launches]
-    return order + [(u, 0) for u in units if u.profiled]
+    profiled = [u for u in units if u.profiled]
+    for launch in range(max((u.launches for u in profiled), default=0)):
+        order += [(u, launch) for u in profiled if launch < u.launches]
+    return order
 
 
 def bench_config(base_url: str, model: str, spec: BenchSpec) -> BenchConfig:
@@ -402,24 +427,24 @@ class BenchStage(Stage):
         todo = [
             (u, launch)
             for u, launch in schedule(pending)
-            if u.profiled or launch not in {r.launch for r in u.finished_runs(layout)}
+            if launch not in u.finished_launches(layout)
         ]
         server, server_key = None, None
         runs = profiles = 0
         try:
             with UnitProgress("bench", len(todo)) as progress:
                 for unit, launch in todo:
-                    of = unit.bench.launches
+                    of = unit.launches
                     progress.start(
                         unit.key
                         + (" (profiled)" if unit.profiled else "")
-                        + (f" launch {launch + 1}/{of}" if of > 1 and not unit.profiled else "")
+                        + (f" launch {launch + 1}/{of}" if of > 1 else "")
                     )
                     if unit.profiled:
                         if server is not None:
                             server.stop()
                             server = None
-                        self._profile_unit(engine, unit, unit.folder(layout))
+                        self._profile_unit(engine, unit, unit.folder(layout).launch(launch))
                         profiles += 1
                         progress.done()
                         continue
@@ -460,9 +485,13 @@ class BenchStage(Stage):
         return validate_record(provenance, Provenance, path, "the engine did not report it")
 
     def _profile_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
-        """One pass of the unit's prompts on its own server under nsys, collected only
-        around the pass (after start-up and warm-up; `server.profile_window()`)."""
-        shutil.rmtree(folder.path, ignore_errors=True)  # partial output of an interrupted pass
+        """One pass (`folder`'s launch) of the unit's prompts on its own server under nsys,
+        collected only around the pass (after start-up and warm-up; `server.profile_window()`)."""
+        path = folder.result(PROFILE_LABEL, folder.launch_index)
+        own = (folder.profile_marker, folder.nsys_report, folder.server_log, folder.provenance)
+        for stale in (*own, path):
+            stale.unlink(missing_ok=True)  # partial output of an interrupted pass
+        folder.path.mkdir(parents=True, exist_ok=True)
         report = folder.nsys_report
         log = folder.server_log
         prompts = load_prompts(unit.prompts_file)
@@ -476,7 +505,12 @@ class BenchStage(Stage):
                         bench_config(server.base_url, server.model_id, unit.bench),
                         prompts,
                         label=PROFILE_LABEL,
-                        server_info={**server_info(unit, provenance), "nsys_report": report.name},
+                        repetition=folder.launch_index,
+                        server_info={
+                            **server_info(unit, provenance),
+                            "nsys_report": report.name,
+                            "launch": folder.launch_index,
+                        },
                         capabilities=capabilities,
                     )
                 )
@@ -488,7 +522,6 @@ class BenchStage(Stage):
                 f"{report}: no nsys report after the profiled server stopped (exit code "
                 f"{code}); last lines of {log}:\n{log_tail(log)}"
             )
-        path = folder.result(PROFILE_LABEL, result.repetition)
         completed = self._write_result(result, path).completed
         if completed != len(prompts):
             raise StageFailed(

@@ -17,8 +17,9 @@ writes tidy tables under `imbalance/`:
   bench stage's profiled passes wrote, its CUDA GPU kernel summary (`nsys stats`, which must
   be on PATH; kept while newer than its report);
 - `eplb.json`: the EPLB ablation's kernel table (`{runs, comparison}`, artifact.profiling.nsys
-  eplb_table, as for the study's EPLBOFF.csv/EPLBON.csv), when both of its modes have a
-  report: runs labelled by mode, EPLB off first.
+  eplb_table, as for the study's EPLBOFF.csv/EPLBON.csv), when every profiled pass of both
+  modes has a report: one run per mode and pass (labelled by mode, with its launch; EPLB off
+  first in each launch), the comparison of their medians with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -105,17 +106,23 @@ def kernel_summaries(ctx: StageContext) -> dict[Path, Path]:
 
 
 def ablation_table(ctx: StageContext, summaries: dict[Path, Path]) -> dict | None:
-    """The EPLB table of the ablation's profiled passes, None when a mode has no report."""
+    """The EPLB table of the ablation's profiled passes (one per arm and launch, the arms
+    taking turns), None when a pass has no report."""
     ablation = ctx.profile.experiments.eplb_ablation
     if ablation is None or not ablation.enabled or len(ablation.modes) != 2:
         return None
     # EPLB off first (the comparison is "on" relative to "off"), else profile order.
     modes = sorted(ablation.modes, key=lambda m: ctx.profile.modes[m].enable_eplb)
-    reports = [ctx.layout.bench_unit(f"eplb_ablation/{m}").profile.nsys_report for m in modes]
-    csvs = [summaries[report] for report in reports if report in summaries]
-    if len(csvs) < len(reports):
+    folders = [ctx.layout.bench_unit(f"eplb_ablation/{m}").profile for m in modes]
+    passes = [
+        (folder.launch(launch).nsys_report, mode, launch)
+        for launch in range(ablation.bench.launches)
+        for folder, mode in zip(folders, modes, strict=True)
+    ]
+    if any(report not in summaries for report, _, _ in passes):
         return None
-    return eplb_table(list(zip(csvs, modes, strict=True)), root=ctx.run_dir.path)
+    table = [(summaries[report], mode, launch) for report, mode, launch in passes]
+    return eplb_table(table, root=ctx.run_dir.path)
 
 
 class ImbalanceStage(Stage):

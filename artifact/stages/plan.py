@@ -18,7 +18,8 @@ original study's own measurements on the same node (4x A100, Mixtral-8x7B):
   (load_imbalance/*_results_json/*.json: baseline 2.42 s, all2all 3.82 s, 30 files each).
 
 A run's time scales with its prompts (the ablation's 200 prompts: 4x a sweep run); warm-up
-requests count as that many prompts; a profiled pass counts as one run plus a start-up. Not in
+requests count as that many prompts; a profiled pass (one per launch of each EPLB arm) counts
+as one run plus a start-up and its warm-up. Not in
 the estimate: pulling or starting a container, the job's queue wait, the routing checks and
 offline replays (seconds per run), nsys's own overhead and report writing. The node-hours are
 wall hours of the one GPU node the experiment jobs hold.
@@ -110,9 +111,9 @@ def plan(profile: Profile) -> list[ExperimentPlan]:
             warm = run_seconds(mode, bench.warmup_requests, bench.output_len)
             seconds += launches * (START_UP_S[kind(mode)] + datasets * (warm + bench.repeat * one))
             runs += launches * datasets * bench.repeat
-            if profiled:
-                seconds += START_UP_S[kind(mode)] + warm + one
-                passes += 1
+            if profiled:  # the ablation's: one pass per launch of each arm
+                seconds += launches * (START_UP_S[kind(mode)] + warm + one)
+                passes += launches
         out.append(ExperimentPlan(name, len(new), launches * len(units), runs, passes, seconds))
     return out
 

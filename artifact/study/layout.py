@@ -240,10 +240,10 @@ def imbalance_tables(root: Path) -> tuple[list[dict], list[RunImbalance], list[S
 
 def study_eplb_table(root: Path) -> dict | None:
     """The EPLB table of the study's `eplb/` CSVs, None when one is missing."""
-    pairs = [(root / name, label) for name, label in EPLB_FILES]
-    if not all(path.exists() for path, _ in pairs):
+    passes = [(root / name, label, 0) for name, label in EPLB_FILES]  # one pass an arm
+    if not all(path.exists() for path, _, _ in passes):
         return None
-    return eplb_table(pairs)
+    return eplb_table(passes)
 
 
 def import_study(study: Path, out: Path) -> dict[str, int]:

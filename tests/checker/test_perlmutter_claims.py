@@ -1,10 +1,11 @@
 """expected_results/perlmutter.yaml on a stand-in of a correct new run on 4x A100: the
 tables a run with 3 repetitions per point, one vLLM build, EPLB really on in its arm and
-Triton's fused_moe would have (the profile's grid, 50 datasets), with the study's questions
-answered as it claimed. Every claim PASSes; a run that repeats one of the study's defects
-fails the claims that rest on it. (tests/stages/test_perlmutter_pipeline.py runs the real
-stages against stand-ins of vLLM and nsys; its timings are too few to judge Experiments 1
-and 3.)"""
+Triton's fused_moe would have (the profile's grid, 50 datasets, 3 profiled passes per EPLB
+arm), with the study's questions answered as it claimed. Every claim PASSes; a run that
+repeats one of the study's defects fails the claims that rest on it, and an EPLB change
+inside the pass-to-pass noise (the study's Table 1) is no result.
+(tests/stages/test_perlmutter_pipeline.py runs the real stages against stand-ins of vLLM and
+nsys; its timings are too few to judge Experiments 1 and 3.)"""
 
 import itertools
 import math
@@ -13,18 +14,22 @@ import pytest
 from test_checker_rules import tables_of
 
 from artifact.checker import evaluate, load_claims
+from artifact.checker.tables import flatten
 from artifact.config.profiles import load_profile, project_root
+from artifact.profiling.nsys import compare
 
 A100 = "nvidia-a100-sxm4-40gb-x4"
 SEQS, TOKENS, REPS = (8, 16, 32, 64), (2048, 4096, 8192, 16384), 3
+# Table 1: EPLB off, and the change with EPLB "on" in % (one pass each, one configuration)
 TABLE1 = {
-    "fused_moe.total_ms": 5.6,
-    "fused_moe.avg_us": 3.9,
-    "fused_moe.max_us": -5.9,
-    "fused_moe.cv": -4.8,
-    "nccl.total_ms": 7.6,
-    "nccl.by_collective.AllReduce.total_ms": 51.5,
+    "fused_moe.total_ms": (102_664, 5.6),
+    "fused_moe.avg_us": (383.68, 3.9),
+    "fused_moe.max_us": (239_809, -5.9),
+    "fused_moe.cv": (6.44, -4.8),
+    "nccl.total_ms": (85_965, 7.6),
+    "nccl.by_collective.AllReduce.total_ms": (1_272, 51.5),
 }
+ARMS = ("all2all-v011", "all2all-eplb")  # EPLB off, on
 
 
 def jitter(rep: int, key: int) -> float:
@@ -114,16 +119,39 @@ def correlation_rows() -> list[dict]:
     ]
 
 
+def kernel_tables(launches: int = 3, noise: float | None = None) -> dict[str, list[dict]]:
+    """`eplb_runs` (a row per arm and profiled pass, the arms taking turns) and `eplb` (the
+    change of the arms' medians, the real `compare`) as the imbalance stage writes them.
+
+    EPLB on changes each metric by Table 1's %; pass k deviates from its arm's value by the
+    factor 1 + s x_k: a correct run's s = 0.5% and x_k an uneven sine in [-1, 1]; with `noise`,
+    s = noise x the metric's Table 1 change and x_k = -1, 0, 1 (off), 1, 0, -1 (on), so the
+    medians differ by exactly Table 1's change."""
+    passes = []
+    for launch, arm in itertools.product(range(launches), ARMS):
+        on = arm == ARMS[1]
+        summary: dict = {"label": arm, "launch": launch, "fused_moe": {"instances": 96_000}}
+        for metric, (off, change) in TABLE1.items():
+            if noise is None:
+                deviation = 0.005 * math.sin(3.1 * launch + 1.7 * len(metric) + on)
+            else:
+                deviation = noise * abs(change) / 100 * (launch - 1) * (-1 if on else 1)
+            *path, leaf = metric.split(".")
+            node = summary
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = off * (1 + change / 100 if on else 1) * (1 + deviation)
+        passes.append(summary)
+    sides = [[p for p in passes if p["label"] == arm] for arm in ARMS]
+    return {"eplb": compare(*sides), "eplb_runs": [flatten(p) for p in passes]}
+
+
 def verdicts(tmp_path, **changed) -> dict:
     tables = {
         "datasets": [{"score": 0.27 + i / 100} for i in range(50)],
         "runs": sweep_rows() + imbalance_rows(),
         "provenance": provenance_rows(),
-        "eplb": [{"metric": m, "change_pct": v} for m, v in TABLE1.items()],
-        "eplb_runs": [
-            {"label": label, "fused_moe.instances": 96_000}
-            for label in ("all2all-v011", "all2all-eplb")
-        ],
+        **kernel_tables(),
         "correlations": correlation_rows(),
         **changed,
     }
@@ -142,6 +170,37 @@ def test_a_correct_run_passes_every_claim(tmp_path):
     falls = results["exp1.baseline_ttft_falls_with_seqs"]
     assert falls.details["p_value"] < 1e-4 and falls.details["family_size"] == 5
     assert "Wilcoxon signed-rank" in results["exp3.all2all_tpot_higher"].observed
+    # Experiment 2 over 3 passes a side: Welch's t, Holm over the experiment's 6 tests
+    total = results["exp2.fused_moe_total_higher"]
+    assert total.details["test"] == "Welch t" and total.details["family_size"] == 6
+    assert "n=3 vs n=3" in total.observed
+
+
+def exp2_results(results: dict) -> dict:
+    return {
+        k: r for k, r in results.items() if r.experiment == "eplb_ablation" and r.kind == "result"
+    }
+
+
+def test_an_eplb_change_inside_the_pass_to_pass_noise_is_no_result(tmp_path):
+    """The arms' medians differ by exactly Table 1's changes, but the passes of each arm
+    spread wider than that (spread 1.2 x the change): not one of the study's Table 1
+    directions is shown, whatever the change of medians says."""
+    noisy = kernel_tables(noise=-1.2)
+    change = {r["metric"]: r["change_pct"] for r in noisy["eplb"] if r["metric"] in TABLE1}
+    assert change == pytest.approx({m: c for m, (_, c) in TABLE1.items()})
+    results = exp2_results(verdicts(tmp_path, **noisy))
+    assert len(results) == 6
+    assert {k: r.verdict for k, r in results.items()} == dict.fromkeys(results, "FAIL")
+    assert all("does not support it" in r.reason for r in results.values())
+
+
+def test_one_profiled_pass_per_arm_is_refused(tmp_path):
+    """One pass a side has no spread to test a change against: SKIP, saying so."""
+    results = exp2_results(verdicts(tmp_path, **kernel_tables(launches=1)))
+    assert len(results) == 6
+    assert {r.verdict for r in results.values()} == {"SKIP"}
+    assert all("a has 1 value and b has 1 value" in r.reason for r in results.values())
 
 
 @pytest.mark.parametrize(
@@ -149,7 +208,10 @@ def test_a_correct_run_passes_every_claim(tmp_path):
     [
         ({"provenance": provenance_rows(eplb_on=False)}, "exp2.eplb_enabled"),
         ({"provenance": provenance_rows(flashinfer=True)}, "exp3.all2all_not_flashinfer_moe"),
-        ({"eplb_runs": [{"label": "x", "fused_moe.instances": 0}]}, "exp2.triton_fused_moe"),
+        (
+            {"eplb_runs": [{**r, "fused_moe.instances": 0} for r in kernel_tables()["eplb_runs"]]},
+            "exp2.triton_fused_moe",
+        ),
     ],
 )
 def test_a_run_with_one_of_the_studys_defects_fails(tmp_path, change, failing):

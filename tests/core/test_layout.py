@@ -71,6 +71,9 @@ def test_unit_folders(tmp_path):
     assert profile.profile_marker == base / "profile" / "profile.json"
     assert profile.nsys_report == base / "profile" / "server.nsys-rep"
     assert profile.result(PROFILE_LABEL, 0) == base / "profile" / "profile.rep00.json"
+    second = profile.launch(1)  # the EPLB ablation's second pass, beside the first
+    assert second.profile_marker == base / "profile" / "profile.launch01.json"
+    assert second.nsys_report == base / "profile" / "server.launch01.nsys-rep"
     report = profile.nsys_report
     assert run.kernel_summary(report) == (
         tmp_path

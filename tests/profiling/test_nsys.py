@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import standins
 from helpers import one_line_error
 
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.engines.vllm.engine import LAUNCH_PREFIX
 from artifact.profiling.nsys import (
+    change_interval,
     compare,
     eplb_table,
     export_kernel_summary,
@@ -169,7 +171,7 @@ def test_compare_direction(human, tmp_path):
     faster_max = HUMAN.replace("120.000 ms,2.000 ms,fused", "60.000 ms,2.000 ms,fused")
     b_path.write_bytes(faster_max.replace("1.500 s", "1.650 s").encode())
     b = summarize(read_kernel_summary(b_path))
-    rows = {r["metric"]: r for r in compare(a, b)}
+    rows = {r["metric"]: r for r in compare([a], [b])}
     assert rows["fused_moe.total_ms"]["change_pct"] == pytest.approx(10.0)
     assert rows["fused_moe.total_ms"]["verdict"] == "worse"
     assert rows["fused_moe.max_us"]["verdict"] == "improved"
@@ -222,11 +224,44 @@ def test_eplb_table_of_two_summaries(tmp_path):
     off.write_text(HUMAN, encoding="utf-8")
     flashinfer = '1.00%,30.000 ms,7,1.000 ms,1.000 ms,1.000 ms,1.000 ms,0 ns,"flashinfer::moe"\r\n'
     on.write_text(HUMAN + flashinfer, encoding="utf-8")
-    table = eplb_table([(off, "all2all"), (on, "all2all-eplb")], root=tmp_path)
+    table = eplb_table([(off, "all2all", 0), (on, "all2all-eplb", 0)], root=tmp_path)
     assert [r["label"] for r in table["runs"]] == ["all2all", "all2all-eplb"]
     assert [r["source"] for r in table["runs"]] == ["a/off.csv", "b/on.csv"]
     assert [r["flashinfer_kernel_instances"] for r in table["runs"]] == [0, 7]
-    assert table["comparison"] == compare(*(summarize(read_kernel_summary(p)) for p in (off, on)))
+    summaries = [[summarize(read_kernel_summary(p))] for p in (off, on)]
+    assert table["comparison"] == compare(*summaries)
+    # one pass a side: the change, but no interval
+    total = next(r for r in table["comparison"] if r["metric"] == "fused_moe.total_ms")
+    assert (total["n_a"], total["n_b"], total["change_low"], total["change_high"]) == (
+        1,
+        1,
+        None,
+        None,
+    )
+
+
+def test_eplb_table_of_passes_compares_medians_with_a_bootstrap_interval(tmp_path):
+    """One row per arm and pass; the comparison is the change of the arms' medians, with the
+    percentile bootstrap interval of that change."""
+    passes = []
+    scales = {"off": (1.0, 1.02, 0.99), "on": (1.05, 1.08, 1.06)}
+    for launch in range(3):
+        for arm, scale in scales.items():
+            path = tmp_path / f"{arm}.launch{launch:02d}.kernels.csv"
+            path.write_text(standins.kernel_csv(scale[launch]))
+            passes.append((path, arm, launch))
+    table = eplb_table(passes, root=tmp_path)
+    assert [(r["label"], r["launch"]) for r in table["runs"]] == [
+        (arm, launch) for launch in range(3) for arm in ("off", "on")
+    ]
+    total = next(r for r in table["comparison"] if r["metric"] == "fused_moe.total_ms")
+    assert total["a"] == pytest.approx(1000.0) and total["b"] == pytest.approx(1060.0)
+    assert (total["n_a"], total["n_b"]) == (3, 3)
+    assert total["change_pct"] == pytest.approx(6.0)
+    # resampled medians are among each side's values: the extremes bound the interval
+    low, high = 100 * (1.05 - 1.02) / 1.02, 100 * (1.08 - 0.99) / 0.99
+    assert low - 1e-9 <= total["change_low"] < 6.0 < total["change_high"] <= high + 1e-9
+    assert change_interval([1.0], [2.0, 3.0]) is None
 
 
 def test_export_fails_clearly_when_nsys_knows_neither_report(tmp_path, monkeypatch):
@@ -271,6 +306,10 @@ def test_stats_run_in_the_image_that_wrote_the_report(tmp_path, monkeypatch):
     assert stats[:3] == ["run", "--rm", "-v"] and stats[image + 1 : image + 3] == ["nsys", "stats"]
     binds = {stats[i + 1] for i in range(image) if stats[i] == "-v"}
     assert binds == {f"{profile}:{profile}", f"{out.parent}:{out.parent}"}
+    # a later pass's report: the launcher of that pass's own server log
+    assert runner(profile / "server.launch01.nsys-rep") == ["nsys"]  # no server.launch01.log
+    (profile / "server.launch01.log").write_text((profile / "server.log").read_text())
+    assert runner(profile / "server.launch01.nsys-rep")[:2] == ["podman-hpc", "run"]
     # a bare server's report: the host's nsys, and a clear error without one
     (profile / "server.log").write_text(LAUNCH_PREFIX + json.dumps({"launcher": "bare"}) + "\n")
     assert runner(report) == ["nsys"]

@@ -148,7 +148,7 @@ def kernels(scale: float) -> list[KernelRow]:
 def test_eplb_table_and_figure(tmp_path):
     runs = [summarize(kernels(1.0), label="all2all"), summarize(kernels(1.1), label="all2all-eplb")]
     tables = RunTables(tmp_path)
-    tables._cache.update(runs=[], eplb=compare(*runs), eplb_runs=runs)
+    tables._cache.update(runs=[], eplb=compare(runs[:1], runs[1:]), eplb_runs=runs)
     figures, extra = make_figures(tables, load_profile("perlmutter"), tmp_path)
     assert [f.number for f in figures] == ["3"]
     assert "| fused_moe total (ms) | 1,000.00 | 1,100.00 | +10.0% |" in extra["table1"]
@@ -157,6 +157,25 @@ def test_eplb_table_and_figure(tmp_path):
         "Experiment 1": "no config-sweep runs in this run directory",
         "Experiment 3": "no imbalance-experiment runs in this run directory",
     }
+
+
+def test_eplb_table_and_figure_of_several_passes(tmp_path):
+    """Several profiled passes a side: medians, the change's bootstrap interval as a column
+    and as error bars, and a caption that says so."""
+    runs = [
+        summarize(kernels(scale), label=label)
+        for scale, label in ((1.0, "off"), (1.1, "on"), (1.02, "off"), (1.12, "on"))
+    ]
+    tables = RunTables(tmp_path)
+    tables._cache.update(runs=[], eplb=compare(runs[::2], runs[1::2]), eplb_runs=runs)
+    figures, extra = make_figures(tables, load_profile("perlmutter"), tmp_path)
+    assert (
+        "| kernel metric | off (EPLB off), median | on (EPLB on), median | change | 95% CI |"
+        in (extra["table1"])
+    )
+    assert "| fused_moe total (ms) | 1,010.00 | 1,110.00 | +9.9% | [" in extra["table1"]
+    (fig3,) = figures
+    assert "Medians of 2 and 2 profiled passes" in fig3.caption
 
 
 def test_findings_list_every_claim_that_fails_with_its_meaning():

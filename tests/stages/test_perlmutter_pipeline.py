@@ -1,9 +1,9 @@
 """The perlmutter profile's stages end to end against stand-ins (tests/fixtures/standins.py):
 launcher bare with the stand-in `vllm` and `nsys` on PATH, the weights already in a scratch Hugging
 Face cache. One Slurm job per experiment (MOE_ARTIFACT_EXPERIMENTS) on one run directory:
-the EPLB ablation (timed runs, then a profiled pass per mode under nsys), then the imbalance
-experiment, then the rest; the imbalance stage turns the nsys reports into the EPLB table
-and the checker's exp2 claims read it."""
+the EPLB ablation (timed runs, then a profiled pass per mode and launch under nsys), then the
+imbalance experiment, then the rest; the imbalance stage turns the nsys reports into the EPLB
+table and the checker's exp2 claims test its passes."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def pipeline(tmp_path, fake_vllm, monkeypatch):
         prompts=3,
         bench=dict(bench, repeat=1),
     )
-    experiments["eplb_ablation"].update(prompts=4, bench=bench)
+    # 2 launches of one run, and a profiled pass per launch, per arm
+    experiments["eplb_ablation"].update(prompts=4, bench=dict(bench, repeat=1, launches=2))
     experiments["imbalance"].update(datasets=2, bench=dict(bench, repeat=1))
     fake_vllm.write_text(yaml.safe_dump(raw))
     ctx = StageContext(profile=load_profile(fake_vllm), run_dir=RunDir(tmp_path / "run"))
@@ -77,6 +78,16 @@ def launch(log: Path) -> dict:
 def profiles_run(calls: Path) -> int:
     lines = calls.read_text().splitlines() if calls.exists() else []
     return sum(json.loads(line)[0] == "launch" for line in lines)
+
+
+def profiled_reports(calls: Path) -> list[str]:
+    """The reports the profiled passes collected into, in the order they ran."""
+    lines = [json.loads(line) for line in calls.read_text().splitlines()]
+    return [
+        "/".join(Path(argv[argv.index("--output") + 1]).parts[-3:])
+        for argv in lines
+        if argv[0] == "start"
+    ]
 
 
 def windows(calls: Path) -> list[list[str]]:
@@ -113,7 +124,12 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
         assert launch(unit / "server.log")["argv"][:2] == ["vllm", "serve"]  # timed: no nsys
         profile = unit / "profile"
         assert launch(profile / "server.log")["argv"][:2] == ["nsys", "launch"]
+        assert launch(profile / "server.launch01.log")["argv"][:2] == ["nsys", "launch"]
         assert (profile / "server.nsys-rep").is_file()
+        assert (profile / "server.launch01.nsys-rep").is_file()
+        second = json.loads((profile / "profile.launch01.json").read_text())
+        assert second["result"] == "profile.rep01.json"
+        assert second["report"] == "server.launch01.nsys-rep"
         # the window opens after start-up and warm-up and closes after the pass
         log = (profile / "server.log").read_text()
         assert log.index("moe-artifact nsys start:") < log.index("moe-artifact nsys stop:")
@@ -131,8 +147,14 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     assert not off_prov["eplb_enabled"] and off_prov["vllm_version"] == "0.11.0"
     assert off_prov["all2all_manager"] == eplb_prov["all2all_manager"] == "naive"
     assert ctx.run_dir.record("bench")["experiments"] == ["eplb_ablation"]
-    assert profiles_run(nsys_calls) == 2
-    assert windows(nsys_calls) == [["launch", "start", "stop"]] * 2
+    assert profiles_run(nsys_calls) == 4
+    assert windows(nsys_calls) == [["launch", "start", "stop"]] * 4
+    # the arms take turns, pass by pass
+    assert profiled_reports(nsys_calls) == [
+        f"{arm}/profile/{report}"
+        for report in ("server.nsys-rep", "server.launch01.nsys-rep")
+        for arm in ("all2all-v011", "all2all-eplb")
+    ]
     ablation_files = hash_tree(bench / "eplb_ablation", run)
     timed_done = (bench / "eplb_ablation" / "all2all-v011" / "unit.json").stat().st_mtime_ns
 
@@ -146,11 +168,17 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     assert ctx.run_dir.record("serve")["experiments"] == ["eplb_ablation", "imbalance"]
     assert job(ctx, monkeypatch, "imbalance") == ["skipped"] * 4
 
-    # An interrupted ablation job resumes at its unfinished unit: only one profiled pass.
-    (bench / "eplb_ablation" / "all2all-eplb" / "profile" / "profile.json").unlink()
+    # An interrupted ablation job resumes at its unfinished pass: only that profiled pass
+    # runs again, the arm's finished pass stays as it was.
+    eplb_profile = bench / "eplb_ablation" / "all2all-eplb" / "profile"
+    first_pass = (eplb_profile / "server.nsys-rep").stat().st_mtime_ns
+    (eplb_profile / "profile.launch01.json").unlink()
     ctx.run_dir.update("bench", status="failed")
     assert job(ctx, monkeypatch, "eplb_ablation")[-1] == "complete"
-    assert profiles_run(nsys_calls) == 3
+    assert profiles_run(nsys_calls) == 5
+    assert profiled_reports(nsys_calls)[-1] == "all2all-eplb/profile/server.launch01.nsys-rep"
+    assert (eplb_profile / "server.nsys-rep").stat().st_mtime_ns == first_pass
+    assert (eplb_profile / "profile.launch01.json").is_file()
     off_unit = bench / "eplb_ablation" / "all2all-v011" / "unit.json"
     assert off_unit.stat().st_mtime_ns == timed_done
 
@@ -167,8 +195,8 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     monkeypatch.setenv("FAKE_NSYS_OLD", "1")
     assert run_stage(load_stage("imbalance"), ctx) == "complete"
     stats = [json.loads(x) for x in nsys_calls.read_text().splitlines() if '"stats"' in x]
-    assert [c[c.index("--report") + 1] for c in stats] == ["cuda_gpu_kern_sum", "gpukernsum"] * 2
-    report = bench / "eplb_ablation" / "all2all-eplb" / "profile" / "server.nsys-rep"
+    assert [c[c.index("--report") + 1] for c in stats] == ["cuda_gpu_kern_sum", "gpukernsum"] * 4
+    report = bench / "eplb_ablation" / "all2all-eplb" / "profile" / "server.launch01.nsys-rep"
     csv_path = run / "imbalance" / "nsys" / "eplb_ablation" / "all2all-eplb" / "profile"
     assert stats[1] == [
         "stats",
@@ -177,19 +205,31 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
         "--format",
         "csv",
         "--sqlite",
-        str(csv_path / "server.kernels.sqlite"),
+        str(csv_path / "server.launch01.kernels.sqlite"),
         "--output",
-        str(csv_path / "server.kernels.nsys"),
+        str(csv_path / "server.launch01.kernels.nsys"),
         str(report),
     ]
-    assert sorted(p.name for p in csv_path.iterdir()) == ["server.kernels.csv"]
+    assert sorted(p.name for p in csv_path.iterdir()) == [
+        "server.kernels.csv",
+        "server.launch01.kernels.csv",
+    ]
     assert not list(bench.rglob("*.sqlite")) and not list(bench.rglob("*.csv"))
     eplb = json.loads((run / "imbalance" / "eplb.json").read_text())
-    assert [r["label"] for r in eplb["runs"]] == ["all2all-v011", "all2all-eplb"]
+    # a row per arm and pass, the arms taking turns
+    assert [(r["label"], r["launch"]) for r in eplb["runs"]] == [
+        ("all2all-v011", 0),
+        ("all2all-eplb", 0),
+        ("all2all-v011", 1),
+        ("all2all-eplb", 1),
+    ]
     assert eplb["runs"][0]["source"] == (
         "imbalance/nsys/eplb_ablation/all2all-v011/profile/server.kernels.csv"
     )
     change = {c["metric"]: c["change_pct"] for c in eplb["comparison"]}
+    total = next(c for c in eplb["comparison"] if c["metric"] == "fused_moe.total_ms")
+    assert (total["n_a"], total["n_b"]) == (2, 2)
+    assert total["change_low"] <= 5.6 <= total["change_high"]
     assert change["fused_moe.total_ms"] == pytest.approx(5.6, abs=0.01)
     assert change["nccl.by_collective.AllReduce.total_ms"] == pytest.approx(5.6, abs=0.01)
     assert change["attention.total_ms"] == pytest.approx(0.0)
@@ -204,9 +244,13 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     results, _, _ = check_run(run, ctx.profile, hardware=A100)
     exp2 = {r.id: r for r in results if r.id.startswith("exp2.")}
     assert exp2["exp2.eplb_enabled"].verdict == "PASS"
-    assert exp2["exp2.fused_moe_total_change"].verdict == "PASS"
-    assert exp2["exp2.fused_moe_total_change"].observed.startswith("5.6")
+    assert exp2["exp2.fused_moe_total_higher"].verdict == "PASS"
+    assert "(n=2 vs n=2)" in exp2["exp2.fused_moe_total_higher"].observed
     assert exp2["exp2.triton_fused_moe"].verdict == "PASS"
+    # the stand-in scales every call alike: the longest call grows and the CV stays (up to the
+    # CSV's rounding), so those two of the study's directions are not shown
+    assert exp2["exp2.fused_moe_max_lower"].verdict == "FAIL"
+    assert exp2["exp2.fused_moe_cv_lower"].verdict == "FAIL"
     assert all(r.observed not in ("", "no data") for r in exp2.values()), exp2
 
     # A resumed analysis keeps kernel summaries newer than their reports.
