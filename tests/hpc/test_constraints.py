@@ -124,7 +124,8 @@ def test_every_install_uses_its_lock():
     assert '"--constraint", str(lock)' in nox and "lock.read_bytes()" in nox
 
 
-UV = shutil.which("uv")
+# the test extra installs uv beside the interpreter, which nox does not put on PATH
+UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 
 
 def resolve(argv: list[str]) -> subprocess.CompletedProcess:
