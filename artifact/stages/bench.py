@@ -547,7 +547,8 @@ class BenchStage(Stage):
         server = engine.start(unit.mode, unit.limits, log, extra_args=(LOG_BALANCEDNESS,))
         try:
             capabilities = self._warm_up(server, unit)
-            self._provenance(engine, server, unit, log)  # the same server as the timed arm's
+            # checked against the mode as the timed arm's server is (build, EPLB on, manager)
+            self._provenance(engine, server, unit, log)
             before = len(server.provenance().get("eplb_balancedness", []))
             result = asyncio.run(
                 run_benchmark(
