@@ -15,6 +15,8 @@ once, lazily, from the JSON copies: they keep what CSV cannot, an int column wit
   summary flattened (`label`: the mode, `launch`, `fused_moe.total_ms`, ...); eplb one row
   per metric, the arms' medians (`a`, `b`, `n_a`, `n_b`), `change_pct` and its bootstrap
   interval (`change_low`, `change_high`);
+- balancedness: one row per `bench/**/diagnostic/balancedness.json` (the EPLB arms' untimed
+  diagnostic passes: experiment, mode, count, min, mean, max of the logged balancedness);
 - log_flags: `imbalance/log_flags.json` (a study run directory: flags across its server logs
   and workload cards).
 
@@ -33,6 +35,7 @@ from artifact.core.errors import ArtifactError
 from artifact.core.io import read_json
 from artifact.core.layout import launch_of
 from artifact.core.manifest import RunDir
+from artifact.core.records import BalancednessRecord, read_record
 from artifact.core.tables import frame
 
 if TYPE_CHECKING:
@@ -47,7 +50,15 @@ IMBALANCE_TABLES = (
     "legacy",
     "default_vs_legacy",
 )
-TABLES = (*IMBALANCE_TABLES, "datasets", "provenance", "eplb", "eplb_runs", "log_flags")
+TABLES = (
+    *IMBALANCE_TABLES,
+    "datasets",
+    "provenance",
+    "eplb",
+    "eplb_runs",
+    "balancedness",
+    "log_flags",
+)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,6 +128,14 @@ class RunTables:
             rows = [{**d, "index": i, "name": Path(d["file"]).stem} for i, d in enumerate(rows)]
         elif name == "provenance":
             rows = self._provenance()
+        elif name == "balancedness":
+            rows = [
+                read_record(path, BalancednessRecord).model_dump()
+                for path in self.layout.bench_balancedness()
+            ]
+            if not rows:
+                bench = self.layout.stage("bench")
+                raise ArtifactError(f"no table 'balancedness': no diagnostic pass under {bench}")
         elif name in ("eplb", "eplb_runs"):
             path = self._imbalance("eplb")
             if not path.exists():

@@ -143,7 +143,17 @@ class EplbSettings(Strict):
     window_size: int | None = Field(None, ge=1)
     step_interval: int | None = Field(None, ge=1)
     num_redundant_experts: int | None = Field(None, ge=0)
-    log_balancedness: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_balancedness(cls, data: Any) -> Any:
+        # An all_reduce and a host sync per step: never on a timed or profiled server.
+        if isinstance(data, dict) and "log_balancedness" in data:
+            raise ValueError(
+                "log_balancedness is no mode setting (it perturbs the timed servers); set "
+                "experiments.eplb_ablation.balancedness_pass: true for the untimed diagnostic pass"
+            )
+        return data
 
 
 class Mode(Strict):
@@ -233,6 +243,9 @@ class EplbAblation(Strict):
     prompts: int = Field(50, ge=1)
     # One profiled pass per mode and launch (its own server under nsys) after the timed runs.
     nsys: bool = False
+    # One untimed diagnostic pass per EPLB arm after the timed runs: its own server with
+    # `--eplb-log-balancedness`, the prompts sent once, the balancedness vLLM logs recorded.
+    balancedness_pass: bool = False
     bench: BenchSpec = Field(default_factory=BenchSpec)
 
     @model_validator(mode="after")
@@ -382,6 +395,15 @@ class Profile(Strict):
                 f"{', '.join(profiled)}: nsys kernel traces need engine.kind vllm "
                 f"(the {self.engine.kind} engine cannot run under nsys profile)"
             )
+        if ablation is not None and ablation.balancedness_pass:
+            where = "experiments.eplb_ablation.balancedness_pass"
+            if self.engine.kind != "vllm":
+                raise ValueError(f"{where}: EPLB balancedness is logged by vLLM only")
+            if not [m for m in ablation.modes if self.modes[m].enable_eplb]:
+                raise ValueError(
+                    f"{where}: none of experiments.eplb_ablation.modes has enable_eplb "
+                    "(the pass runs the EPLB arm only)"
+                )
         return self
 
     # Where it came from and its content hash; set by load_profile, not part of the YAML.

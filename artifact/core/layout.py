@@ -12,6 +12,7 @@ bench/<experiment>/<mode>/...      a unit folder (UnitDir) per unit; imbalance u
                                    server.launchNN.log, provenance.launchNN.json
 bench/<unit>/profile/              its profiled passes under nsys, pass k >= 1's files named
                                    server.launchNN.nsys-rep, profile.launchNN.json
+bench/<unit>/diagnostic/           the EPLB arm's untimed balancedness pass (balancedness.json)
 bench/replay/                      offline replays of the prompt sets
 imbalance/<table>.csv|json, eplb.json, nsys/<report path>.kernels.csv
 plots/figures.json, report.md, report.html
@@ -36,6 +37,7 @@ PROFILE_LABEL = "profile"  # the profiled pass: profile.rep00.json beside server
 UNIT_RECORD = "unit.json"
 UNIT_PARTIAL = "unit.partial.json"  # the launches of a unit finished so far
 PROVENANCE = "provenance.json"
+BALANCEDNESS = "balancedness.json"
 # A name that becomes one path component (profile, mode, experiment, dataset, image).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SAFE_NAME_RULE = "letters, digits, '_', '.', '-', starting with a letter or digit, no '..'"
@@ -113,6 +115,16 @@ class UnitDir:
     def profile(self) -> UnitDir:
         """The profiled pass of this unit, in a folder of its own."""
         return UnitDir(self.path / "profile")
+
+    @property
+    def diagnostic(self) -> UnitDir:
+        """The untimed diagnostic pass of this unit (EPLB balancedness), in a folder of its own."""
+        return UnitDir(self.path / "diagnostic")
+
+    @property
+    def balancedness(self) -> Path:
+        """`balancedness.json`: a diagnostic pass is finished when it exists."""
+        return self.path / BALANCEDNESS
 
     def result(self, label: str, repetition: int) -> Path:
         """A run's result file (vLLM's schema), `<label>.repNN.json`."""
@@ -235,6 +247,10 @@ class RunLayout:
         """Every bench server's `provenance.json` (a mode's, a sweep unit's, a profiled pass's;
         `provenance.launchNN.json` of later launches)."""
         return sorted(self.stage("bench").rglob("provenance*.json"))
+
+    def bench_balancedness(self) -> list[Path]:
+        """Every diagnostic pass's `balancedness.json`."""
+        return sorted(self.stage("bench").rglob(BALANCEDNESS))
 
     def bench_reports(self) -> list[Path]:
         """Every nsys report of the profiled passes."""

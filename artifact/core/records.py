@@ -10,7 +10,7 @@ field and the stage to rerun.
 - `datasets/metadata.json`: `DatasetMetadata`, one `DatasetEntry` per dataset file;
 - `serve/<mode>/provenance.json`: `ServeProvenance`; a bench server's: `Provenance`;
 - `bench/.../unit.json`: `UnitRecord`, one `UnitRun` per measured run; a profiled pass's
-  `profile.json`: `ProfileRecord`;
+  `profile.json`: `ProfileRecord`; a diagnostic pass's `balancedness.json`: `BalancednessRecord`;
 - `calibrate/calibration.json`: `CalibrationRecord`;
 - `bench/.../<label>.repNN.json`: `ResultFile`, vLLM's `--save-result` schema (any file
   of that schema, ours or vLLM's; artifact.serving.results computes and verifies it).
@@ -256,6 +256,21 @@ class ProfileRecord(UnitIdentity):
     report_bytes: int
     result: str
     completed: int
+
+
+class BalancednessRecord(UnitIdentity):
+    """`diagnostic/balancedness.json`: a finished diagnostic pass of an EPLB arm (untimed,
+    its own server with `--eplb-log-balancedness`): the balancedness vLLM logged while the
+    pass's prompts ran (its "EPLB step" lines carry no step number), in log order."""
+
+    log: str  # the server log's name, beside this file
+    argv: list[str]  # the server's command
+    completed: int
+    values: list[float]
+    count: int
+    min: float
+    mean: float
+    max: float
 
 
 # --- calibrate --------------------------------------------------------------------------------

@@ -238,15 +238,20 @@ class Engine:
         raise NotImplementedError
 
     def start(
-        self, mode_name: str, limits: ServerLimits, log_path: Path, nsys_report: Path | None = None
+        self,
+        mode_name: str,
+        limits: ServerLimits,
+        log_path: Path,
+        nsys_report: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> Server:
         """A healthy server on a free port; a port taken before the server bound it is
-        retried on another one."""
+        retried on another one. `extra_args` follow the mode's own arguments (vLLM only)."""
         attempts = PORT_ATTEMPTS
         while True:
             port = free_port(self.profile.engine.host)
             try:
-                return self.launch(mode_name, limits, log_path, port, nsys_report)
+                return self.launch(mode_name, limits, log_path, port, nsys_report, extra_args)
             except PortTaken as exc:
                 attempts -= 1
                 if not attempts:
@@ -260,10 +265,13 @@ class Engine:
         log_path: Path,
         port: int,
         nsys_report: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> Server:
         """Start the server on `port` and wait until it is ready."""
         if nsys_report is not None:
             raise ArtifactError(f"the {self.kind} engine cannot run a server under nsys")
+        if extra_args:
+            raise ArtifactError(f"the {self.kind} engine takes no extra server arguments")
         mode = self.profile.modes[mode_name]
         self.validate_mode(mode_name, mode)
         host = self.profile.engine.host

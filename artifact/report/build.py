@@ -120,6 +120,13 @@ def make_figures(
     else:
         extra["skipped"]["Experiment 1"] = "no config-sweep runs in this run directory"
 
+    balancedness = _table(tables, "balancedness")
+    if not balancedness.empty:
+        extra["balancedness"] = [
+            f"{r['mode']}: {r['count']} steps, balancedness min {r['min']:.4f}, "
+            f"mean {r['mean']:.4f}, max {r['max']:.4f}"
+            for r in balancedness.to_dict("records")
+        ]
     eplb = _table(tables, "eplb")
     skip = _eplb_skip(profile)
     if not eplb.empty:
@@ -311,6 +318,14 @@ def make_report(
             report.pipe_table(extra["table1"])
             if extra.get("table1_note"):
                 report.para(extra["table1_note"])
+        if section == "Experiment 2" and "balancedness" in extra:
+            report.para(
+                "EPLB balancedness (mean over max tokens per EP rank, per step, as vLLM logs it) "
+                "from the untimed diagnostic pass: a server of its own, the timed command plus "
+                "`--eplb-log-balancedness` (`<unit>/diagnostic/balancedness.json`); no timing "
+                "in this report comes from it."
+            )
+            report.bullets(extra["balancedness"])
         if section in extra["skipped"]:
             report.para(f"**SKIP**: {extra['skipped'][section]}")
         for fig in by_section.get(section, []):

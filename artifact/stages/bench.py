@@ -20,7 +20,13 @@ UNIT as the progress line and the folder under bench/ name it, e.g.
   `launches`, the arms taking turns), pass k's files named as launch k's
   (`server.launchNN.nsys-rep`, `profile.repNN.json`, `profile.launchNN.json`), each resumable on
   its own; a mode's other units, one pass. It is no measured run: no routing capture, not among
-  the `unit.json` runs, and the timed servers never run under nsys (profiling perturbs timing).
+  the `unit.json` runs, and the timed servers never run under nsys (profiling perturbs timing);
+- diagnostic passes: with `experiments.eplb_ablation.balancedness_pass`, after those, one
+  pass of each EPLB arm's prompts on a server of its own started with the timed arm's
+  command plus `--eplb-log-balancedness` (an all_reduce and a host sync per step, so never on
+  a timed or profiled server); the balancedness values vLLM logged during the pass, parsed
+  from its log, in `<unit>/diagnostic/balancedness.json` beside `server.log`. Untimed: its
+  requests' results are not kept, nothing timed reads it.
 
 Launches: a unit's measured runs come from the bench spec's `launches` independent server
 starts (`repeat` runs on each; run k of launch l is repetition l x repeat + k). An
@@ -62,6 +68,7 @@ from artifact.core.console import UnitProgress, console
 from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.layout import PROFILE_LABEL, RUN_LABEL, RunLayout, UnitDir
 from artifact.core.records import (
+    BalancednessRecord,
     DatasetMetadata,
     ProfileRecord,
     Provenance,
@@ -75,6 +82,7 @@ from artifact.core.records import (
 )
 from artifact.core.runner import Stage, StageContext, StageOutcome, set_aside
 from artifact.engines.base import ServerLimits, log_tail
+from artifact.engines.vllm.engine import LOG_BALANCEDNESS
 from artifact.routing.format import layer_totals
 from artifact.serving.config import BenchConfig, load_prompts
 from artifact.serving.probe import probe_server
@@ -83,6 +91,10 @@ from artifact.serving.result_file import result_to_vllm_json
 from artifact.serving.run import new_session, run_benchmark
 from artifact.stages.install import installed_engine
 from artifact.stages.serve import check_provenance
+
+# The untimed passes after an experiment's timed units (Unit.untimed).
+PROFILED = "profiled"  # under nsys
+DIAGNOSTIC = "diagnostic"  # EPLB balancedness logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,30 +105,42 @@ class Unit:
     prompts_file: Path
     bench: BenchSpec
     dataset: str | None = None  # imbalance: the dataset's file stem
-    profiled: bool = False  # the nsys pass after the timed unit of the same fields
+    untimed: str | None = None  # PROFILED or DIAGNOSTIC: a pass after the timed unit
+
+    @property
+    def label(self) -> str:
+        """The unit as the progress line names it (an untimed pass with its kind)."""
+        return self.key + (f" ({self.untimed})" if self.untimed else "")
 
     @property
     def key(self) -> str:
-        """The timed unit's folder under bench/ (a profiled pass's is inside it)."""
+        """The timed unit's folder under bench/ (an untimed pass's is inside it)."""
         tail = {"config_sweep": self.limits.label, "imbalance": self.dataset}.get(self.experiment)
         return "/".join(part for part in (self.experiment, self.mode, tail) if part)
 
     def folder(self, layout: RunLayout) -> UnitDir:
         timed = layout.bench_unit(self.key)
-        return timed.profile if self.profiled else timed
+        return {None: timed, PROFILED: timed.profile, DIAGNOSTIC: timed.diagnostic}[self.untimed]
+
+    @property
+    def profiled(self) -> bool:
+        return self.untimed == PROFILED
 
     @property
     def launches(self) -> int:
         """Server launches: the bench spec's for a timed unit and for the EPLB ablation's
         profiled passes (one pass per launch, the kernel tables' repetitions), else one."""
-        if self.profiled and self.experiment != "eplb_ablation":
+        if self.untimed == DIAGNOSTIC or (self.profiled and self.experiment != "eplb_ablation"):
             return 1
         return self.bench.launches
 
     def marker(self, layout: RunLayout, launch: int = 0) -> Path:
-        """The file that says the unit (a profiled unit: its pass `launch`) is done."""
+        """The file that says the unit (a profiled unit: its pass `launch`) is done; an
+        untimed pass has no measured runs."""
         folder = self.folder(layout)
-        return folder.launch(launch).profile_marker if self.profiled else folder.record
+        if self.untimed == PROFILED:
+            return folder.launch(launch).profile_marker
+        return folder.balancedness if self.untimed == DIAGNOSTIC else folder.record
 
     def identity(self) -> dict:
         """What a unit's marker file records about it."""
@@ -149,8 +173,8 @@ class Unit:
         return runs if present else []
 
     def finished_launches(self, layout: RunLayout) -> set[int]:
-        """The launches (profiled: passes) finished before an interruption."""
-        if self.profiled:
+        """The launches (an untimed unit: its passes) finished before an interruption."""
+        if self.untimed:
             passes = range(self.launches)
             return {k for k in passes if self.unfinished(layout, k) is None}
         return {r.launch for r in self.finished_runs(layout)}
@@ -166,9 +190,11 @@ class Unit:
         if not marker.exists():
             return "not run" if not marker.parent.exists() else "unfinished"
         try:
-            if self.profiled:
+            if self.untimed == PROFILED:
                 done = read_record(marker, ProfileRecord)
                 names = [done.report, done.result]
+            elif self.untimed == DIAGNOSTIC:
+                names = [read_record(marker, BalancednessRecord).log]
             else:
                 record = read_record(marker, UnitRecord)
                 names = [name for run in record.runs for name in (run.result, run.routing)]
@@ -199,7 +225,8 @@ def chosen_datasets(metadata: DatasetMetadata, count: int | str) -> list[str]:
 
 
 def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
-    """The units of the named experiments: timed units, then the profiled passes."""
+    """The units of the named experiments: timed units, then the profiled passes, then the
+    diagnostic passes."""
     profile = ctx.profile
     layout = ctx.layout
     units: list[Unit] = []
@@ -209,11 +236,11 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
         for limits in sweep_points(profile):  # the modes take turns at each point
             for mode in sweep.modes:
                 units.append(Unit("config_sweep", mode, limits, layout.sweep_prompts, sweep.bench))
-    nsys_ablation = False
+    nsys_ablation = balancedness = False
     if "eplb_ablation" in experiments:
         ablation = profile.experiments.eplb_ablation
         assert ablation is not None
-        nsys_ablation = ablation.nsys
+        nsys_ablation, balancedness = ablation.nsys, ablation.balancedness_pass
         limits = ServerLimits(ablation.max_num_seqs, ablation.max_num_batched_tokens)
         for mode in ablation.modes:
             units.append(Unit("eplb_ablation", mode, limits, layout.eplb_prompts, ablation.bench))
@@ -235,25 +262,30 @@ def plan_units(ctx: StageContext, experiments: list[str]) -> list[Unit]:
                     )
                 )
     profiled = [
-        dataclasses.replace(u, profiled=True)
+        dataclasses.replace(u, untimed=PROFILED)
         for u in units
         if profile.modes[u.mode].nsys or (u.experiment == "eplb_ablation" and nsys_ablation)
     ]
-    return units + profiled
+    diagnostic = [
+        dataclasses.replace(u, untimed=DIAGNOSTIC)
+        for u in units
+        if u.experiment == "eplb_ablation" and balancedness and profile.modes[u.mode].enable_eplb
+    ]
+    return units + profiled + diagnostic
 
 
 def schedule(units: list[Unit]) -> list[tuple[Unit, int]]:
     """(unit, launch) in the order they run: per experiment, round l runs the l-th launch of
-    each of its units (in plan order); the profiled passes last, in rounds as well."""
-    timed = [u for u in units if not u.profiled]
+    each of its units (in plan order); the untimed passes last, in rounds as well."""
+    timed = [u for u in units if not u.untimed]
     order: list[tuple[Unit, int]] = []
     for experiment in dict.fromkeys(u.experiment for u in timed):
         mine = [u for u in timed if u.experiment == experiment]
         for launch in range(max(u.bench.launches for u in mine)):
             order += [(u, launch) for u in mine if launch < u.bench.launches]
-    profiled = [u for u in units if u.profiled]
-    for launch in range(max((u.launches for u in profiled), default=0)):
-        order += [(u, launch) for u in profiled if launch < u.launches]
+    untimed = [u for u in units if u.untimed]
+    for launch in range(max((u.launches for u in untimed), default=0)):
+        order += [(u, launch) for u in untimed if launch < u.launches]
     return order
 
 
@@ -417,8 +449,7 @@ class BenchStage(Stage):
                 continue
             pending.append(unit)
             if why not in ("not run", "unfinished"):  # a finished unit, damaged since
-                name = unit.key + (" (profiled pass)" if unit.profiled else "")
-                console.print(f"  bench: redoing {name}: {why}", soft_wrap=True)
+                console.print(f"  bench: redoing {unit.label}: {why}", soft_wrap=True)
                 set_aside(ctx, self.name, [unit.folder(layout).path])
         if len(pending) < len(units):
             console.print(
@@ -430,22 +461,22 @@ class BenchStage(Stage):
             if launch not in u.finished_launches(layout)
         ]
         server, server_key = None, None
-        runs = profiles = 0
+        runs = profiles = diagnostics = 0
         try:
             with UnitProgress("bench", len(todo)) as progress:
                 for unit, launch in todo:
                     of = unit.launches
-                    progress.start(
-                        unit.key
-                        + (" (profiled)" if unit.profiled else "")
-                        + (f" launch {launch + 1}/{of}" if of > 1 else "")
-                    )
-                    if unit.profiled:
+                    progress.start(unit.label + (f" launch {launch + 1}/{of}" if of > 1 else ""))
+                    if unit.untimed:
                         if server is not None:
                             server.stop()
                             server = None
-                        self._profile_unit(engine, unit, unit.folder(layout).launch(launch))
-                        profiles += 1
+                        if unit.untimed == PROFILED:
+                            self._profile_unit(engine, unit, unit.folder(layout).launch(launch))
+                            profiles += 1
+                        else:
+                            self._balancedness_unit(engine, unit, unit.folder(layout))
+                            diagnostics += 1
                         progress.done()
                         continue
                     # Imbalance units of one mode share a server per launch; the others get
@@ -470,6 +501,8 @@ class BenchStage(Stage):
             if replayer is not None:
                 replayer.close()
         profiled = f", {profiles} profiled passes under nsys" if profiles else ""
+        if diagnostics:
+            profiled += f", {diagnostics} untimed EPLB balancedness passes"
         return StageOutcome(
             summary=f"{', '.join(experiments)}: {len(units)} units ({len(todo)} run now, "
             f"{runs} measured runs{profiled}), routing checked against token totals"
@@ -536,6 +569,52 @@ class BenchStage(Stage):
             completed=completed,
         )
         write_record(folder.profile_marker, marker)
+
+    def _balancedness_unit(self, engine, unit: Unit, folder: UnitDir) -> None:
+        """One untimed pass of the unit's prompts on its own server, started as the timed
+        arm's plus LOG_BALANCEDNESS; the balancedness vLLM logged during the pass (after
+        start-up and warm-up), parsed from the server's log once it stopped."""
+        shutil.rmtree(folder.path, ignore_errors=True)  # partial output of an interrupted pass
+        log = folder.server_log
+        prompts = load_prompts(unit.prompts_file)
+        server = engine.start(unit.mode, unit.limits, log, extra_args=(LOG_BALANCEDNESS,))
+        try:
+            capabilities = self._warm_up(server, unit)
+            # checked against the mode as the timed arm's server is (build, EPLB on, manager)
+            self._provenance(engine, server, unit, log)
+            before = len(server.provenance().get("eplb_balancedness", []))
+            result = asyncio.run(
+                run_benchmark(
+                    bench_config(server.base_url, server.model_id, unit.bench),
+                    prompts,
+                    label=DIAGNOSTIC,
+                    capabilities=capabilities,
+                )
+            )
+            server.check_alive(f"{unit.label} pass")
+        finally:
+            server.stop()
+        provenance = server.provenance()  # the whole log, written out by the stopped server
+        values = provenance.get("eplb_balancedness", [])[before:]
+        completed = sum(not r.error for r in result.records)
+        if completed != len(prompts) or not values:
+            raise StageFailed(
+                f"{log}: {completed} of {len(prompts)} diagnostic requests completed, "
+                f"{len(values)} 'EPLB step: ... balancedness=' lines logged during them "
+                f"(is EPLB on and the flag accepted?); last lines:\n{log_tail(log)}"
+            )
+        record = BalancednessRecord(
+            **unit.identity(),
+            log=log.name,
+            argv=provenance["launch"]["argv"],
+            completed=completed,
+            values=values,
+            count=len(values),
+            min=min(values),
+            mean=float(np.mean(values)),
+            max=max(values),
+        )
+        write_record(folder.balancedness, record)
 
     @staticmethod
     def _write_result(result, path: Path) -> ResultFile:

@@ -4,8 +4,8 @@
 
 Per experiment: the server starts (the serve stage's provenance check of each mode not served
 by an earlier experiment, one timed server per unit's server and launch, one per profiled
-pass), the
-measured runs (repetitions) and the profiled passes, then an estimate of the wall time from the
+pass, one per diagnostic pass of an EPLB arm), the measured runs (repetitions) and the
+untimed passes, then an estimate of the wall time from the
 original study's own measurements on the same node (4x A100, Mixtral-8x7B):
 
 - START_UP_S: median seconds from a server log's first line to "Starting vLLM API server" in
@@ -19,7 +19,7 @@ original study's own measurements on the same node (4x A100, Mixtral-8x7B):
 
 A run's time scales with its prompts (the ablation's 200 prompts: 4x a sweep run); warm-up
 requests count as that many prompts; a profiled pass (one per launch of each EPLB arm) counts
-as one run plus a start-up and its warm-up. Not in
+as one run plus a start-up and its warm-up, as does the EPLB arm's one diagnostic pass. Not in
 the estimate: pulling or starting a container, the job's queue wait, the routing checks and
 offline replays (seconds per run), nsys's own overhead and report writing. The node-hours are
 wall hours of the one GPU node the experiment jobs hold.
@@ -57,11 +57,13 @@ class ExperimentPlan:
     timed_servers: int
     measured_runs: int
     profiled_passes: int
+    diagnostic_passes: int  # the EPLB arms' balancedness passes
     seconds: float
 
     @property
     def server_starts(self) -> int:
-        return self.serve_starts + self.timed_servers + self.profiled_passes
+        untimed = self.profiled_passes + self.diagnostic_passes
+        return self.serve_starts + self.timed_servers + untimed
 
 
 def run_seconds(mode: Mode, prompts: int, output_len: int | None) -> float:
@@ -85,36 +87,47 @@ def plan(profile: Profile) -> list[ExperimentPlan]:
         exp = getattr(exps, name)
         if exp is None or not exp.enabled:
             continue
-        # (mode, limits, prompts per run, units of that server, profiled)
+        # (mode, limits, prompts per run, units of that server, profiled, diagnostic)
         if name == "config_sweep":
             points = sweep_points(profile)
-            units = [(m, p, exp.prompts, 1, False) for m in exp.modes for p in points]
+            units = [(m, p, exp.prompts, 1, False, False) for m in exp.modes for p in points]
         elif name == "eplb_ablation":
             limits = ServerLimits(exp.max_num_seqs, exp.max_num_batched_tokens)
-            units = [(m, limits, exp.prompts, 1, exp.nsys) for m in exp.modes]
+            units = [
+                (m, limits, exp.prompts, 1, exp.nsys, exp.balancedness_pass and mode.enable_eplb)
+                for m, mode in ((m, profile.modes[m]) for m in exp.modes)
+            ]
         else:
             count = profile.datasets.count if exp.datasets == "all" else int(exp.datasets)
             per = profile.datasets.prompts_per_dataset
             limits = ServerLimits(exp.max_num_seqs, exp.max_num_batched_tokens)
-            units = [(m, limits, per, count, False) for m in exp.modes]  # one server per mode
+            # one server per mode
+            units = [(m, limits, per, count, False, False) for m in exp.modes]
         bench = exp.bench
         seconds = 0.0
         new = [m for m in dict.fromkeys(exp.modes) if m not in served]
         served.update(new)
         for mode_name in new:
             seconds += START_UP_S[kind(profile.modes[mode_name])]
-        runs = passes = 0
+        runs = passes = diagnostics = 0
         launches = bench.launches  # each unit's server started that many times
-        for mode_name, _limits, prompts, datasets, profiled in units:
+        for mode_name, _limits, prompts, datasets, profiled, diagnostic in units:
             mode = profile.modes[mode_name]
             one = run_seconds(mode, prompts, bench.output_len)
             warm = run_seconds(mode, bench.warmup_requests, bench.output_len)
             seconds += launches * (START_UP_S[kind(mode)] + datasets * (warm + bench.repeat * one))
             runs += launches * datasets * bench.repeat
-            if profiled:  # the ablation's: one pass per launch of each arm
-                seconds += launches * (START_UP_S[kind(mode)] + warm + one)
-                passes += launches
-        out.append(ExperimentPlan(name, len(new), launches * len(units), runs, passes, seconds))
+            # an untimed pass: its own server, warm-up, one pass of the prompts; the ablation
+            # profiles each launch of each arm, the EPLB arm has one diagnostic pass
+            untimed = launches * int(profiled) + int(diagnostic)
+            seconds += untimed * (START_UP_S[kind(mode)] + warm + one)
+            passes += launches * int(profiled)
+            diagnostics += int(diagnostic)
+        out.append(
+            ExperimentPlan(
+                name, len(new), launches * len(units), runs, passes, diagnostics, seconds
+            )
+        )
     return out
 
 
@@ -145,12 +158,25 @@ def run_tool(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"plan: {profile.name} (one node; the study's measured durations)")
-    columns = ("experiment", "serve starts", "timed servers", "profiled passes", "measured runs")
+    columns = (
+        "experiment",
+        "serve starts",
+        "timed servers",
+        "profiled passes",
+        "diagnostic passes",
+        "measured runs",
+    )
     for column in (*columns, "hours"):
         first = column == "experiment"
         table.add_column(column, justify="left" if first else "right", no_wrap=first)
     for p in plans:
-        counts = (p.serve_starts, p.timed_servers, p.profiled_passes, p.measured_runs)
+        counts = (
+            p.serve_starts,
+            p.timed_servers,
+            p.profiled_passes,
+            p.diagnostic_passes,
+            p.measured_runs,
+        )
         table.add_row(p.experiment, *map(str, counts), f"{p.seconds / 3600:.2f}")
     console.print(table)
     verdict = "within" if total_h <= args.budget else "over"

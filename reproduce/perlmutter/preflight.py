@@ -94,7 +94,8 @@ def preflight_profile(raw: dict, name: str) -> dict:
 
 
 def server_starts(profile) -> int:
-    """Servers the preflight starts: one per mode (serve), one per unit, one per nsys pass."""
+    """Servers the preflight starts: one per mode (serve), one per unit, one per nsys pass,
+    one per EPLB arm's balancedness pass."""
     exps = profile.experiments
     modes = set()
     starts = 0
@@ -103,6 +104,8 @@ def server_starts(profile) -> int:
             continue
         modes.update(exp.modes)
         starts += len(exp.modes) * (2 if getattr(exp, "nsys", False) else 1)
+        if getattr(exp, "balancedness_pass", False):
+            starts += sum(profile.modes[m].enable_eplb for m in exp.modes)
     return starts + len(modes)
 
 

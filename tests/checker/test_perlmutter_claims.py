@@ -153,6 +153,17 @@ def verdicts(tmp_path, **changed) -> dict:
         "provenance": provenance_rows(),
         **kernel_tables(),
         "correlations": correlation_rows(),
+        # the EPLB arm's untimed diagnostic pass (bench/.../diagnostic/balancedness.json)
+        "balancedness": [
+            {
+                "experiment": "eplb_ablation",
+                "mode": "all2all-eplb",
+                "count": 812,
+                "min": 0.71,
+                "mean": 0.86,
+                "max": 0.97,
+            }
+        ],
         **changed,
     }
     profile = load_profile("perlmutter")
@@ -221,3 +232,12 @@ def test_a_run_with_one_of_the_studys_defects_fails(tmp_path, change, failing):
     # Every result claim of that experiment rests on it and fails with it.
     dependants = {k for k, r in results.items() if f"premise {failing} FAILs" in r.reason}
     assert dependants and dependants <= failed
+
+
+def test_a_run_without_the_balancedness_pass_fails_only_that_claim(tmp_path):
+    """The diagnostic pass is no premise of a timing claim: without its record only its own
+    completeness claim fails."""
+    results = verdicts(tmp_path, balancedness=[])
+    failed = {k for k, r in results.items() if r.verdict != "PASS"}
+    assert failed == {"exp2.balancedness_recorded"}
+    assert not [r for r in results.values() if "exp2.balancedness_recorded" in r.reason]

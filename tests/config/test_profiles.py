@@ -163,3 +163,42 @@ def test_gpu_profiles_repeat_over_at_least_three_server_launches(name):
         if exp is not None and exp.enabled:
             assert exp.bench.launches >= 3
     assert load_profile("local").experiments.imbalance.bench.launches == 1
+
+
+def perlmutter_with(write_profile, mutate) -> str:
+    import yaml
+
+    from artifact.config.profiles import profile_dir
+
+    raw = yaml.safe_load((profile_dir() / "perlmutter.yaml").read_text())
+    mutate(raw)
+    return write_profile(raw, name="perlmutter")
+
+
+def test_balancedness_logging_is_no_mode_setting(write_profile):
+    """It would reach every server of the mode, timed and profiled: refused, naming the field
+    and the diagnostic pass that logs it instead."""
+
+    def flag_on_the_mode(raw):
+        raw["modes"]["all2all-eplb"]["eplb"]["log_balancedness"] = True
+
+    path = perlmutter_with(write_profile, flag_on_the_mode)
+    with pytest.raises(ArtifactError) as err:
+        load_profile(path)
+    message = str(err.value)
+    assert "\n" not in message and "field 'modes.all2all-eplb.eplb'" in message
+    assert "log_balancedness is no mode setting" in message
+    assert "experiments.eplb_ablation.balancedness_pass" in message
+
+
+def test_the_balancedness_pass_needs_an_eplb_arm_and_vllm(write_profile):
+    assert load_profile("perlmutter").experiments.eplb_ablation.balancedness_pass
+
+    def no_eplb_arm(raw):
+        raw["experiments"]["eplb_ablation"]["modes"] = ["all2all-v011"]
+
+    with pytest.raises(ArtifactError, match="balancedness_pass: none of .* has enable_eplb"):
+        load_profile(perlmutter_with(write_profile, no_eplb_arm))
+    local = {"experiments": {"eplb_ablation": {"modes": [], "balancedness_pass": True}}}
+    with pytest.raises(ArtifactError, match="balancedness_pass: EPLB balancedness is logged by"):
+        load_profile(write_profile(local))

@@ -23,7 +23,7 @@ from artifact.core.errors import ArtifactError, StageFailed
 from artifact.core.layout import RunLayout
 from artifact.core.records import VllmSurfaceRecord, write_record
 from artifact.engines.base import ServerLimits, get_engine
-from artifact.engines.vllm.engine import VllmEngine, flag_names
+from artifact.engines.vllm.engine import LOG_BALANCEDNESS, VllmEngine, flag_names
 from artifact.engines.vllm.surface import cli_surface, from_dump
 from artifact.profiling.nsys import read_kernel_summary, session_name
 from artifact.routing.format import RoutingHeader, RoutingLog, RoutingWriter, layer_totals
@@ -111,6 +111,30 @@ def test_the_eplb_ablation_arms_differ_only_by_eplb(engine):
     assert cli_surface().key(engine.mode_ref(sweep)) == "2f13319f" and sweep.all2all_backend is None
 
 
+def test_the_diagnostic_server_is_the_eplb_arm_plus_only_the_balancedness_flag(engine):
+    """The bench stage's diagnostic pass starts the EPLB arm with extra_args=(LOG_BALANCEDNESS,):
+    the same podman-hpc command, image, binds and environment, one flag more at the end
+    (v0.11.0 still accepts the flag beside --eplb-config); no mode's own command has it."""
+    name = "all2all-eplb"
+    mode = engine.profile.modes[name]
+    log = Path("/runs/p/bench/eplb_ablation/all2all-eplb/diagnostic/server.log")
+    timed = engine.command(mode, LIMITS, 8123, log_path=log)
+    diagnostic = engine.command(mode, LIMITS, 8123, log_path=log, extra_args=(LOG_BALANCEDNESS,))
+    assert diagnostic == [*timed, "--eplb-log-balancedness"]
+    assert timed[:2] == ["podman-hpc", "run"] and "moe-artifact-vllm:v0.11.0" in timed
+    assert LOG_BALANCEDNESS in cli_surface().builds["0.11.0"].flags
+    for other, m in engine.profile.modes.items():
+        for nsys in (None, Path("/r/x.nsys-rep")):
+            argv = engine.command(m, LIMITS, 1, log_path=log, nsys_report=nsys)
+            assert not [a for a in argv if "balancedness" in a], (other, argv)
+
+
+def test_an_extra_flag_the_build_lacks_is_refused_before_start(engine, tmp_path):
+    with pytest.raises(ArtifactError, match="v0.11.0 has no --no-such-flag .*diagnostic pass"):
+        engine.start("all2all-eplb", LIMITS, tmp_path / "s.log", extra_args=("--no-such-flag",))
+    assert not (tmp_path / "s.log").exists()
+
+
 def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
     """A model with EPLB at 2f13319f gets the separate flags that build has."""
     monkeypatch.setenv("SCRATCH", "/s")
@@ -118,7 +142,7 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
     raw["model"]["hub_id"] = "deepseek-ai/DeepSeek-V2-Lite"
     mode = raw["modes"]["all2all-eplb"]
     mode.pop("vllm_ref"), mode.pop("image")
-    mode["eplb"].update(num_redundant_experts=4, log_balancedness=True)
+    mode["eplb"].update(num_redundant_experts=4)
     eng = get_engine(load_profile(write_profile(tmp_path, raw)), Path("/m"))
     m = eng.profile.modes["all2all-eplb"]
     eng.validate_mode("all2all-eplb", m)
@@ -134,7 +158,6 @@ def test_old_eplb_flags_before_eplb_config(tmp_path, monkeypatch):
         "100",
         "--eplb-step-interval",
         "200",
-        "--eplb-log-balancedness",
     ]
     assert all(f in cli_surface().builds["2f13319f"].flags for f in flag_names(args))
 

@@ -35,7 +35,7 @@ def generate(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_the_generated_profile_keeps_every_mode_and_image_with_a_seeded_model(tmp_path):
     result = generate(tmp_path / "run")
     assert result.returncode == 0, result.stderr
-    assert "expected: 12 server starts" in result.stdout and "00:20:00" in result.stdout
+    assert "expected: 13 server starts" in result.stdout and "00:20:00" in result.stdout
     pre = load_profile(tmp_path / "run" / "perlmutter-preflight.yaml")
     full = load_profile("perlmutter")
     assert pre.model.source == "seeded" and pre.model.hub_id is None
@@ -103,6 +103,8 @@ def test_the_preflight_job_runs_every_mode_from_its_image(tmp_path):
         assert image in calls
     assert '"exec", "moe-artifact-' in calls and '"nsys", "start"' in calls
     assert (run_dir / "imbalance" / "eplb.json").is_file()
+    eplb_arm = run_dir / "bench" / "eplb_ablation" / "all2all-eplb"
+    assert (eplb_arm / "diagnostic" / "balancedness.json").is_file()  # in its container too
     assert (run_dir / "check" / "claims.md").is_file()
     assert (run_dir / "cache").is_dir()  # the model, built "in the image" on the node
     print(f"preflight against the stand-ins: {seconds:.0f} s")

@@ -178,6 +178,29 @@ def test_eplb_table_and_figure_of_several_passes(tmp_path):
     assert "Medians of 2 and 2 profiled passes" in fig3.caption
 
 
+def test_the_eplb_section_shows_the_diagnostic_balancedness(tmp_path):
+    from artifact.report.build import make_report
+
+    tables = RunTables(tmp_path)
+    record = {"experiment": "eplb_ablation", "mode": "all2all-eplb", "count": 4}
+    tables._cache.update(runs=[], balancedness=[{**record, "min": 0.7, "mean": 0.8, "max": 0.9}])
+    profile = load_profile("perlmutter")
+    figures, extra = make_figures(tables, profile, tmp_path)
+    report = make_report(
+        tables=tables,
+        profile=profile,
+        figures=figures,
+        extra=extra,
+        claims=[],
+        findings=[],
+        source="test",
+    )
+    md = report.markdown(tmp_path)
+    section = md[md.index("## Experiment 2") : md.index("## Experiment 3")]
+    assert "untimed diagnostic pass" in section
+    assert "- all2all-eplb: 4 steps, balancedness min 0.7000, mean 0.8000, max 0.9000" in section
+
+
 def test_findings_list_every_claim_that_fails_with_its_meaning():
     from artifact.checker.evaluate import ClaimResult
     from artifact.report.build import claim_findings

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -251,12 +252,84 @@ def test_experiments_as_separate_jobs_then_the_eplb_table(pipeline, monkeypatch)
     # CSV's rounding), so those two of the study's directions are not shown
     assert exp2["exp2.fused_moe_max_lower"].verdict == "FAIL"
     assert exp2["exp2.fused_moe_cv_lower"].verdict == "FAIL"
+    assert exp2["exp2.balancedness_recorded"].verdict == "PASS"
     assert all(r.observed not in ("", "no data") for r in exp2.values()), exp2
 
     # A resumed analysis keeps kernel summaries newer than their reports.
     ctx.run_dir.update("imbalance", status="failed")
     assert run_stage(load_stage("imbalance"), ctx) == "complete"
     assert sum('"stats"' in x for x in nsys_calls.read_text().splitlines()) == len(stats)
+
+
+def eplb_arm_with(ctx, fake_vllm: Path, variable: str) -> StageContext:
+    """The context with one more stand-in variable set on the EPLB arm's servers."""
+    raw = yaml.safe_load(fake_vllm.read_text())
+    raw["modes"]["all2all-eplb"]["env"][variable] = "1"
+    fake_vllm.write_text(yaml.safe_dump(raw))
+    return StageContext(profile=load_profile(fake_vllm), run_dir=ctx.run_dir)
+
+
+def any_port(argv: list[str]) -> list[str]:
+    """A command with its --port value blanked (every server gets a free port of its own)."""
+    at = argv.index("--port") + 1
+    return [*argv[:at], "PORT", *argv[at + 1 :]]
+
+
+def test_balancedness_is_logged_only_by_the_eplb_arms_diagnostic_pass(pipeline, monkeypatch):
+    ctx, _ = pipeline
+    run = ctx.run_dir.path
+    assert job(ctx, monkeypatch, "eplb_ablation") == ["complete"] * 4
+    arm = run / "bench" / "eplb_ablation" / "all2all-eplb"
+    diagnostic = arm / "diagnostic"
+    record = json.loads((diagnostic / "balancedness.json").read_text())
+    # vLLM 0.11.0's per-step lines (stand-in: one per request); the probe's and warm-up's
+    # came before the pass and are not counted, the 4 prompts' are.
+    text = (diagnostic / "server.log").read_text()
+    logged = [float(v) for v in re.findall(r"EPLB step: .*balancedness=([\d.]+)", text)]
+    pass_values = logged[-4:]
+    assert len(logged) > 4 and record["values"] == pass_values
+    assert (record["count"], record["completed"], record["log"]) == (4, 4, "server.log")
+    assert record["min"] == min(pass_values) and record["max"] == max(pass_values)
+    assert record["mean"] == pytest.approx(sum(pass_values) / 4)
+    assert (record["experiment"], record["mode"]) == ("eplb_ablation", "all2all-eplb")
+    # Its server: the timed arm's command plus exactly --eplb-log-balancedness.
+    timed = launch(arm / "server.log")
+    assert record["argv"] == launch(diagnostic / "server.log")["argv"]
+    assert any_port(record["argv"]) == [*any_port(timed["argv"]), "--eplb-log-balancedness"]
+    assert launch(diagnostic / "server.log")["image"] == timed["image"]
+    # No other server of the run (serve, timed, profiled) logs balancedness; the EPLB-off arm
+    # has no diagnostic pass.
+    others = [log for log in run.rglob("server*.log") if log.parent != diagnostic]
+    assert len(others) == 2 + 2 * 2 + 2 * 2  # serve; 2 arms x 2 launches, timed and profiled
+    for log in others:
+        assert "--eplb-log-balancedness" not in launch(log)["argv"], log
+        assert "balancedness=" not in log.read_text(), log
+    assert not (run / "bench" / "eplb_ablation" / "all2all-v011" / "diagnostic").exists()
+    assert not list((run / "bench").rglob("diagnostic.rep*"))  # untimed: no result is kept
+
+    # Resumable: a finished pass is skipped, a lost record redone.
+    done = (diagnostic / "balancedness.json").stat().st_mtime_ns
+    (arm / "profile" / "profile.json").unlink()
+    ctx.run_dir.update("bench", status="failed")
+    assert job(ctx, monkeypatch, "eplb_ablation")[-1] == "complete"
+    assert (diagnostic / "balancedness.json").stat().st_mtime_ns == done
+    (diagnostic / "balancedness.json").unlink()
+    ctx.run_dir.update("bench", status="failed")
+    assert job(ctx, monkeypatch, "eplb_ablation")[-1] == "complete"
+    assert json.loads((diagnostic / "balancedness.json").read_text())["count"] == 4
+    assert (diagnostic / "server.log").read_text().count("moe-artifact launch:") == 1
+
+
+def test_a_diagnostic_pass_without_balancedness_fails_and_stops_its_server(
+    pipeline, fake_vllm, monkeypatch
+):
+    ctx = eplb_arm_with(pipeline[0], fake_vllm, "FAKE_NO_BALANCEDNESS")
+    with pytest.raises(ArtifactError, match=r"diagnostic/server\.log: 4 of 4 diagnostic requests "):
+        job(ctx, monkeypatch, "eplb_ablation")
+    arm = ctx.run_dir.path / "bench" / "eplb_ablation" / "all2all-eplb"
+    assert (arm / "unit.json").exists() and (arm / "profile" / "profile.json").exists()
+    assert not (arm / "diagnostic" / "balancedness.json").exists()
+    assert "Shutting down FastAPI server." in (arm / "diagnostic" / "server.log").read_text()
 
 
 def test_reports_without_nsys_on_path_fail_clearly(pipeline, monkeypatch, tmp_path):
@@ -286,11 +359,7 @@ def test_a_missing_report_after_the_profiled_server_stopped(pipeline, monkeypatc
 def test_a_mode_whose_server_dies_in_start_up_is_recorded_and_not_benched(
     pipeline, fake_vllm, monkeypatch
 ):
-    ctx, _ = pipeline
-    raw = yaml.safe_load(fake_vllm.read_text())
-    raw["modes"]["all2all-eplb"]["env"]["FAKE_DIE"] = "1"
-    fake_vllm.write_text(yaml.safe_dump(raw))
-    ctx = StageContext(profile=load_profile(fake_vllm), run_dir=ctx.run_dir)
+    ctx = eplb_arm_with(pipeline[0], fake_vllm, "FAKE_DIE")
     assert job(ctx, monkeypatch, "eplb_ablation") == ["complete"] * len(JOB_STAGES)
     serve = ctx.run_dir.path / "serve" / "all2all-eplb"
     failure = json.loads((serve / "startup-failure.json").read_text())

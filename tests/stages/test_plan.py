@@ -27,10 +27,12 @@ def test_the_perlmutter_plan_counts_every_server_run_and_pass():
     assert (sweep.serve_starts, sweep.timed_servers, sweep.measured_runs) == (2, 42, 42)
     # one profiled pass per launch of each EPLB arm: 3 a side, the kernel tables' repetitions
     assert (ablation.timed_servers, ablation.measured_runs, ablation.profiled_passes) == (6, 6, 6)
+    # the EPLB arm's untimed balancedness pass: one more server start
+    assert ablation.diagnostic_passes == 1
     # modes served by the sweep are not served again; one server per mode and launch for 50
     # datasets
     assert (imbalance.serve_starts, imbalance.timed_servers, imbalance.measured_runs) == (0, 6, 300)
-    assert ablation.server_starts == 14
+    assert ablation.server_starts == 15
 
 
 def test_the_estimate_is_the_studys_durations_summed(tmp_path):
@@ -45,8 +47,11 @@ def test_the_estimate_is_the_studys_durations_summed(tmp_path):
     (only,) = plan(load_profile(path))
     ep, start = SWEEP_RUN_S["expert_parallel"], START_UP_S["expert_parallel"]
     # 2 serve starts + 2 modes x 2 launches, each a start and 2 runs of 100 prompts (2x a
-    # 50-prompt sweep run)
-    assert only.seconds == pytest.approx(2 * start + 2 * 2 * (start + 2 * (2 * ep)))
+    # 50-prompt sweep run), + the EPLB arm's diagnostic pass: a start and one run
+    assert only.diagnostic_passes == 1
+    assert only.seconds == pytest.approx(
+        2 * start + 2 * 2 * (start + 2 * (2 * ep)) + (start + 2 * ep)
+    )
     # with nsys: a pass (start-up and one run) per launch of each arm
     ablation["nsys"] = True
     path.write_text(yaml.safe_dump(raw))

@@ -7,8 +7,9 @@ Modes map onto `vllm serve` arguments (argument lists, never shell strings):
   all2all manager named by `VLLM_ALL2ALL_BACKEND` or the build's default);
 - all2all with EPLB: as above plus `--enable-eplb` and the EPLB knobs
   (`--eplb-config JSON` from 0.10.2 on, `--num-redundant-experts`, `--eplb-window-size`,
-  `--eplb-step-interval`, `--eplb-log-balancedness` before), which needs vLLM >= 0.11.0 for
-  Mixtral.
+  `--eplb-step-interval` before), which needs vLLM >= 0.11.0 for Mixtral. Balancedness
+  logging (`LOG_BALANCEDNESS`, an all_reduce and a host sync per step) is no mode setting:
+  only the bench stage's untimed diagnostic pass adds it, as `start(..., extra_args=...)`.
 
 Every server runs with `--enforce-eager` (the routing plugin's hooks need eager execution,
 and the original study ran eager too) and `--no-enable-prefix-caching` (measured
@@ -88,6 +89,9 @@ JIT_CACHE_ENV = {
     "FLASHINFER_WORKSPACE_BASE": "flashinfer",
 }
 LAUNCH_PREFIX = "moe-artifact launch: "
+# The EPLB arm logs "EPLB step: ... balancedness=..." every step with it, at the price of an
+# EP-group all_reduce and a host sync per step: the bench stage's untimed diagnostic pass only.
+LOG_BALANCEDNESS = "--eplb-log-balancedness"
 
 
 def flag_names(args: list[str]) -> list[str]:
@@ -437,7 +441,6 @@ class VllmEngine(Engine):
                     ("window_size", eplb.window_size),
                     ("step_interval", eplb.step_interval),
                     ("num_redundant_experts", eplb.num_redundant_experts),
-                    ("log_balancedness", eplb.log_balancedness or None),
                 )
                 if value is not None
             }
@@ -449,8 +452,6 @@ class VllmEngine(Engine):
             args += ["--eplb-window-size", str(eplb.window_size)]
         if eplb.step_interval is not None:
             args += ["--eplb-step-interval", str(eplb.step_interval)]
-        if eplb.log_balancedness:
-            args.append("--eplb-log-balancedness")
         return args
 
     def server_env(self, mode: Mode, control: Path | None) -> dict[str, str]:
@@ -538,8 +539,9 @@ class VllmEngine(Engine):
         log_path: Path | None = None,
         nsys_report: Path | None = None,
         container: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> list[str]:
-        inner = self.serve_args(mode, limits, port)
+        inner = self.serve_args(mode, limits, port) + list(extra_args)
         if nsys_report is not None:
             inner = self.nsys_args(nsys_report) + inner
         control = UnitDir(log_path.parent).routing_control if log_path else None
@@ -555,9 +557,19 @@ class VllmEngine(Engine):
         log_path: Path,
         port: int,
         nsys_report: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> VllmServer:
         mode = self.profile.modes[mode_name]
         self.validate_mode(mode_name, mode)
+        build = self.surface(mode)
+        unknown = [f for f in flag_names(list(extra_args)) if build and f not in build.flags]
+        if unknown:
+            raise ArtifactError(
+                f"`vllm serve` of {self.mode_ref(mode)} has no {', '.join(unknown)} "
+                "(asked for by the bench stage's diagnostic pass)",
+                path=self.profile.path,
+                where=f"field 'modes.{mode_name}.vllm_ref'",
+            )
         engine = self.profile.engine
         log_path = Path(log_path).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -575,6 +587,7 @@ class VllmEngine(Engine):
             log_path=log_path,
             nsys_report=nsys_report,
             container=container,
+            extra_args=extra_args,
         )
         server_env = self.server_env(mode, control)
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | server_env
