@@ -67,10 +67,6 @@ class PassCounts:
             self._mask = (mask, offsets.astype(np.int64), int(np.count_nonzero(mask)))
         return self._mask
 
-    def rows(self, step: int) -> list[tuple[int, int, int, int, np.ndarray]]:
-        """`count(step)`'s rows, waiting for them."""
-        return self.count(step).rows()
-
     def count(self, step: int) -> CountedPass:
         """The pass's counting on the device and its one copy to the host, launched; the
         rows come from the returned pass (on a CUDA device, once its copy has landed)."""

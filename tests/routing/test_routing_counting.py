@@ -52,7 +52,7 @@ def test_counts_equal_the_mask_and_bincount_way_on_random_mixed_batches():
         counts = PassCounts(LAYERS, E)
         for layer, ids, m in calls:
             counts.add(layer, ids, m)
-        rows = counts.rows(step)
+        rows = counts.count(step).rows()
         want = reference(calls)
         assert [(r[1], r[2]) for r in rows] == sorted(want)  # a row per (layer, phase) with tokens
         for s, layer, phase, ntok, got in rows:
@@ -64,7 +64,7 @@ def test_a_pass_without_tokens_writes_no_row_and_copies_nothing():
     counts = PassCounts(LAYERS, E)
     counts.add(0, torch.zeros(0, K, dtype=torch.int64), None)
     with HostCopies() as copies:
-        assert counts.rows(0) == []
+        assert counts.count(0).rows() == []
     assert copies.count == 0
 
 
@@ -80,7 +80,7 @@ def test_counting_on_a_device_never_waits_for_it_and_copies_once_per_pass():
             counts.add(layer, ids[layer], mask)
             counts.add(layer, ids[layer][:2], None)
         assert copies.count == 0 and copies.device_ops == []
-        rows = counts.rows(0)
+        rows = counts.count(0).rows()
     assert copies.count == 1 and len(copies.device_ops) <= 6, copies.device_ops
     assert [(layer, phase, n) for _, layer, phase, n, _ in rows[:3]] == [
         (0, 0, 3),
